@@ -1,0 +1,84 @@
+"""The migrations and the table description (walletctl/schema.py) stay one schema."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine
+
+from walletctl import database, migrate
+from walletctl.schema import metadata
+
+from .conftest import _with_database
+
+
+@pytest.fixture
+def scratch_database(server_url: str) -> Iterator[str]:
+    name = f"walletctl_scratch_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _schema_objects(url: str) -> dict[str, list[Any]]:
+    with psycopg.connect(url) as conn:
+        return {
+            "tables": conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+            ).fetchall(),
+            "functions": conn.execute(
+                "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY 1"
+            ).fetchall(),
+            "types": conn.execute(
+                "SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace "
+                "AND typtype = 'c' AND typrelid = 0 ORDER BY 1"
+            ).fetchall(),
+        }
+
+
+def test_migrations_match_the_table_description(database_url: str) -> None:
+    engine = create_engine(migrate.sqlalchemy_url(database_url))
+    with engine.connect() as connection:
+        differences = compare_metadata(
+            MigrationContext.configure(connection, opts={"compare_server_default": True}),
+            metadata,
+        )
+    engine.dispose()
+    assert differences == []
+
+
+def test_the_schema_head_constant_is_alembics_head() -> None:
+    assert database.SCHEMA_HEAD == migrate.head_revision()
+
+
+def test_upgrade_from_empty_and_downgrade_back_cleanly(scratch_database: str) -> None:
+    empty = _schema_objects(scratch_database)
+    migrate.upgrade(scratch_database)
+    upgraded = _schema_objects(scratch_database)
+    assert ("ledger_entries",) in upgraded["tables"]
+    assert ("walletctl_post",) in upgraded["functions"]
+    migrate.downgrade(scratch_database, "base")
+    after = _schema_objects(scratch_database)
+    assert after["functions"] == empty["functions"]
+    assert after["types"] == empty["types"]
+    assert after["tables"] == [("alembic_version",)]
+    migrate.upgrade(scratch_database)
+    assert _schema_objects(scratch_database) == upgraded
+
+
+def test_a_database_behind_head_is_reported(scratch_database: str) -> None:
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        assert not database.schema_state(conn).current
+        with pytest.raises(database.SchemaOutOfDate, match="walletctl db upgrade"):
+            database.require_current_schema(conn)
+    migrate.upgrade(scratch_database)
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        database.require_current_schema(conn)

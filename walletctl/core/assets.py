@@ -1,0 +1,31 @@
+"""Asset types (GOLD, POINTS, ...): added by a command, never deleted."""
+
+from __future__ import annotations
+
+from psycopg.rows import class_row
+
+from walletctl.core import validation
+from walletctl.core.models import Asset, Connection
+from walletctl.core.sqlerrors import translated
+from walletctl.errors import AlreadyExists
+
+
+def add_asset(conn: Connection, code: str, name: str) -> Asset:
+    """Create an asset type. Raises AlreadyExists when the code is taken."""
+    params = (validation.asset_code(code), validation.asset_name(name))
+    with translated(), conn.cursor(row_factory=class_row(Asset)) as cursor:
+        asset = cursor.execute(
+            "INSERT INTO asset_types (code, name) VALUES (%s, %s) "
+            "ON CONFLICT (code) DO NOTHING RETURNING code, name, created_at",
+            params,
+        ).fetchone()
+    if asset is None:
+        raise AlreadyExists(f"asset {code} already exists")
+    return asset
+
+
+def list_assets(conn: Connection) -> list[Asset]:
+    with translated(), conn.cursor(row_factory=class_row(Asset)) as cursor:
+        return cursor.execute(
+            "SELECT code, name, created_at FROM asset_types ORDER BY code"
+        ).fetchall()

@@ -1,0 +1,104 @@
+"""One place that turns the database's errors into walletctl's typed errors.
+
+The posting functions raise SQLSTATEs of class WL (listed in the first migration); the
+constraints raise the standard ones, recognised by constraint name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import errors as pg
+
+from walletctl.errors import (
+    AlreadyExists,
+    AlreadyReversed,
+    AssetNotFound,
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidInput,
+    TransactionNotFound,
+    UserNotFound,
+    WalletError,
+)
+
+INSUFFICIENT_FUNDS = "WL001"
+USER_NOT_FOUND = "WL002"
+ASSET_NOT_FOUND = "WL003"
+TRANSACTION_NOT_FOUND = "WL004"
+IDEMPOTENCY_CONFLICT = "WL005"
+ALREADY_REVERSED = "WL006"
+REVERSAL_OF_REVERSAL = "WL007"
+KEY_CLAIMED_CONCURRENTLY = "WL008"
+INVALID_AMOUNT = "WL009"
+APPEND_ONLY = "WL010"
+UNBALANCED_ENTRIES = "WL011"
+
+
+class KeyClaimedConcurrently(Exception):
+    """Internal: another posting with the same key committed first; ask again."""
+
+
+def _int_detail(exc: psycopg.Error) -> int:
+    detail = exc.diag.message_detail or ""
+    return int(detail) if detail.lstrip("-").isdigit() else 0
+
+
+def translate(exc: psycopg.Error) -> Exception:
+    """The typed error for a database error (the error itself when it has no meaning here)."""
+    message = exc.diag.message_primary or str(exc).strip()
+    code = exc.sqlstate
+    if code == INSUFFICIENT_FUNDS:
+        return InsufficientFunds(message, balance=_int_detail(exc), requested=0)
+    if code == USER_NOT_FOUND:
+        return UserNotFound(message)
+    if code == ASSET_NOT_FOUND:
+        return AssetNotFound(message)
+    if code == TRANSACTION_NOT_FOUND:
+        return TransactionNotFound(message)
+    if code == IDEMPOTENCY_CONFLICT:
+        return IdempotencyConflict(message, transaction_id=_int_detail(exc))
+    if code == ALREADY_REVERSED:
+        return AlreadyReversed(message, transaction_id=_int_detail(exc))
+    if code == REVERSAL_OF_REVERSAL:
+        return AlreadyReversed(message, transaction_id=None)
+    if code == KEY_CLAIMED_CONCURRENTLY:
+        return KeyClaimedConcurrently(message)
+    if code in (INVALID_AMOUNT,) or isinstance(exc, pg.NumericValueOutOfRange):
+        if isinstance(exc, pg.NumericValueOutOfRange):
+            message = "the balance would exceed the largest amount a balance can hold (2^63-1)"
+        return InvalidAmount(message)
+    if isinstance(exc, pg.UniqueViolation):
+        constraint = exc.diag.constraint_name
+        if constraint == "uq_transactions_reverses":
+            return AlreadyReversed(
+                "the transaction was reversed by a concurrent reversal", transaction_id=None
+            )
+        if constraint == "uq_asset_types_code":
+            return AlreadyExists("that asset code already exists")
+    if isinstance(exc, pg.CheckViolation):
+        return InvalidInput(f"refused by the database: {message}")
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailable(
+            f"lost the database connection: {message} "
+            "(if this was a posting, retry it with the same idempotency key)"
+        )
+    return exc
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Run a block, raising walletctl's typed errors for the database's."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        typed = translate(exc)
+        if typed is exc:
+            raise
+        if isinstance(typed, WalletError | KeyClaimedConcurrently):
+            raise typed from None
+        raise typed from exc

@@ -1,0 +1,109 @@
+"""Checks on what a caller hands the core, before a connection is used.
+
+The database enforces the same rules (CHECK constraints); checking here first gives a
+clear message naming the field, and keeps a bad request from reaching the server at all.
+"""
+
+from __future__ import annotations
+
+import re
+
+from walletctl.errors import InvalidAmount, InvalidInput
+
+MAX_AMOUNT = 2**63 - 1
+MAX_ID_LENGTH = 200
+MAX_REASON_LENGTH = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ASSET_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+
+
+def amount(value: object) -> int:
+    """A positive whole number of the asset's smallest unit, within bigint."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidAmount(f"amount must be a whole number, got {value!r}")
+    if value <= 0:
+        raise InvalidAmount(f"amount must be positive, got {value}")
+    if value > MAX_AMOUNT:
+        raise InvalidAmount(f"amount {value} exceeds the largest amount ({MAX_AMOUNT})")
+    return value
+
+
+def parse_amount(text: str) -> int:
+    """An amount typed by a person: digits only (an optional '_' or ',' between groups)."""
+    cleaned = text.strip().replace("_", "").replace(",", "")
+    if not cleaned.isascii() or not cleaned.isdigit():
+        if cleaned.startswith("-") and cleaned[1:].isdigit():
+            raise InvalidAmount(f"amount must be positive, got {text!r}")
+        raise InvalidAmount(
+            f"amount must be a positive whole number of the asset's smallest unit, got {text!r}"
+        )
+    return amount(int(cleaned))
+
+
+def identifier(value: object, what: str) -> str:
+    """A user id, idempotency key or actor: 1-200 characters, no control characters."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text, got {value!r}")
+    if not value:
+        raise InvalidInput(f"{what} must not be empty")
+    if value != value.strip():
+        raise InvalidInput(f"{what} must not start or end with whitespace: {_show(value)}")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(f"{what} is {len(value)} characters long, at most {MAX_ID_LENGTH}")
+    if _CONTROL.search(value):
+        raise InvalidInput(f"{what} contains control characters: {_show(value)}")
+    return value
+
+
+def user_id(value: object) -> str:
+    return identifier(value, "user id")
+
+
+def idempotency_key(value: object) -> str:
+    return identifier(value, "idempotency key")
+
+
+def actor(value: object) -> str:
+    return identifier(value, "actor")
+
+
+def reason(value: object, *, required: bool) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise InvalidInput("a reason is required for this kind of posting (--reason)")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"reason must be text, got {value!r}")
+    if len(value) > MAX_REASON_LENGTH:
+        raise InvalidInput(f"reason is {len(value)} characters long, at most {MAX_REASON_LENGTH}")
+    if _CONTROL.search(value.replace("\t", " ")):
+        raise InvalidInput(f"reason contains control characters: {_show(value)}")
+    return value
+
+
+def asset_code(value: object) -> str:
+    if not isinstance(value, str) or not _ASSET_CODE.fullmatch(value):
+        raise InvalidInput(
+            f"asset code must be 1-32 of A-Z, 0-9 and _, starting with a letter, got {_show(value)}"
+        )
+    return value
+
+
+def asset_name(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("asset name must not be empty")
+    if len(value) > MAX_ID_LENGTH or _CONTROL.search(value):
+        raise InvalidInput("asset name must be 1-200 characters without control characters")
+    return value
+
+
+def transaction_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_AMOUNT:
+        raise InvalidInput(f"transaction id must be a positive whole number, got {_show(value)}")
+    return value
+
+
+def _show(value: object) -> str:
+    """A value quoted for an error line: escaped, and cut short if long."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

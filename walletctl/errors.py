@@ -1,0 +1,73 @@
+"""The typed errors of walletctl. The core raises them; the CLI maps each to an exit code."""
+
+from __future__ import annotations
+
+
+class WalletError(Exception):
+    """Base of every error walletctl raises on purpose. The message is one line for a person."""
+
+
+class InvalidInput(WalletError):
+    """A request that can never succeed as written: a malformed id, key, reason, date or URL."""
+
+
+class InvalidAmount(InvalidInput):
+    """An amount that is not a positive whole number within bigint, or a balance that would
+    overflow."""
+
+
+class InsufficientFunds(WalletError):
+    """The spend (or the reversal of a credit) would take the user's balance below zero."""
+
+    def __init__(self, message: str, *, balance: int, requested: int) -> None:
+        super().__init__(message)
+        self.balance = balance
+        self.requested = requested
+
+
+class NotFound(WalletError):
+    """Something the request names does not exist."""
+
+
+class UserNotFound(NotFound):
+    pass
+
+
+class AssetNotFound(NotFound):
+    pass
+
+
+class TransactionNotFound(NotFound):
+    pass
+
+
+class IdempotencyConflict(WalletError):
+    """The idempotency key was already used for a different request."""
+
+    def __init__(self, message: str, *, transaction_id: int) -> None:
+        super().__init__(message)
+        self.transaction_id = transaction_id
+
+
+class AlreadyReversed(WalletError):
+    """The transaction was reversed before (by another key), or is itself a reversal."""
+
+    def __init__(self, message: str, *, transaction_id: int | None) -> None:
+        super().__init__(message)
+        self.transaction_id = transaction_id
+
+
+class AlreadyExists(WalletError):
+    """An asset code that is taken."""
+
+
+class DatabaseUnavailable(WalletError):
+    """The database cannot be reached, or the embedded server cannot be started."""
+
+
+class SchemaOutOfDate(WalletError):
+    """The database schema is behind this walletctl (or was never created)."""
+
+
+class ConcurrentRun(WalletError):
+    """Another process holds the lock this operation needs (a bulk file already running)."""

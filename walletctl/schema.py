@@ -1,0 +1,152 @@
+"""The tables of the ledger: the one description that alembic's migrations are generated from.
+
+Only the migrations and the tests import this module; the runtime talks SQL through psycopg
+(see walletctl/core), so that a command does not pay SQLAlchemy's import time.
+
+What the database itself enforces beyond these tables (zero-sum per transaction, the
+append-only rules, the posting function) is written in plain SQL in the migrations, next to
+the invariant it protects.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    func,
+)
+
+TREASURY_ACCOUNT_ID = 0
+"""The issuer's account: every credit a user receives is a debit here, and the reverse."""
+
+POSTING_KINDS = ("topup", "bonus", "spend", "reversal")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+asset_types = Table(
+    "asset_types",
+    metadata,
+    Column("id", SmallInteger, Identity(), primary_key=True),
+    Column("code", Text, nullable=False, unique=True),
+    Column("name", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(r"code ~ '^[A-Z][A-Z0-9_]{0,31}$'", name="code_format"),
+    CheckConstraint(
+        "char_length(name) BETWEEN 1 AND 200 AND name !~ '[[:cntrl:]]'", name="name_format"
+    ),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", BigInteger, Identity(start=1), primary_key=True),
+    # The id the rest of the company knows the user by; NULL only for the Treasury.
+    Column("external_id", Text, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        f"(id = {TREASURY_ACCOUNT_ID}) = (external_id IS NULL)", name="treasury_is_account_zero"
+    ),
+    CheckConstraint(
+        "char_length(external_id) BETWEEN 1 AND 200 AND external_id !~ '[[:cntrl:]]'",
+        name="external_id_format",
+    ),
+)
+
+# A cache of the ledger, written in the same database transaction as the entries, so that
+# a balance read is one row and a spend is one conditional UPDATE. Users only: the Treasury
+# has no row here, because a row would have to be locked by every posting in the system.
+balances = Table(
+    "balances",
+    metadata,
+    Column("account_id", BigInteger, ForeignKey("accounts.id"), primary_key=True),
+    Column("asset_id", SmallInteger, ForeignKey("asset_types.id"), primary_key=True),
+    Column("balance", BigInteger, nullable=False),
+    # Non-decreasing per row even if the clock steps back; the entries take their time from
+    # here, so a user's entries are in the same order by time as by id.
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("balance >= 0", name="balance_not_negative"),
+    CheckConstraint(f"account_id <> {TREASURY_ACCOUNT_ID}", name="users_only"),
+)
+
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("id", BigInteger, Identity(start=1), primary_key=True),
+    Column("kind", Text, nullable=False),
+    # account_id and asset_id carry no foreign key: a key check takes a KEY SHARE lock on
+    # the referenced row, and every posting would then lock the same asset row. The posting
+    # function resolves both by lookup and accounts/asset_types refuse DELETE, so no
+    # reference can dangle; reconcile checks it again.
+    Column("account_id", BigInteger, nullable=False),
+    Column("asset_id", SmallInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("idempotency_key", Text, nullable=False, unique=True),
+    Column("reason", Text),
+    Column("actor", Text, nullable=False),
+    Column("reverses", BigInteger, ForeignKey("transactions.id"), unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint(f"kind IN {POSTING_KINDS!r}", name="kind_known"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint(f"account_id <> {TREASURY_ACCOUNT_ID}", name="posts_to_a_user"),
+    CheckConstraint("(kind = 'reversal') = (reverses IS NOT NULL)", name="reversal_names_target"),
+    CheckConstraint(
+        "kind NOT IN ('bonus', 'reversal') OR reason IS NOT NULL", name="reason_required"
+    ),
+    CheckConstraint(
+        "char_length(idempotency_key) BETWEEN 1 AND 200 AND idempotency_key !~ '[[:cntrl:]]'",
+        name="idempotency_key_format",
+    ),
+    CheckConstraint("char_length(reason) BETWEEN 1 AND 1000", name="reason_length"),
+    CheckConstraint(
+        "char_length(actor) BETWEEN 1 AND 200 AND actor !~ '[[:cntrl:]]'", name="actor_format"
+    ),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", BigInteger, Identity(start=1), primary_key=True),
+    # No foreign keys here either (see transactions): the statement-level trigger
+    # ledger_entries_check_new checks each new entry against its transaction instead.
+    Column("transaction_id", BigInteger, nullable=False, index=True),
+    Column("account_id", BigInteger, nullable=False),
+    Column("asset_id", SmallInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    # The user's balance right after this entry: a past balance is one index lookup.
+    Column("balance_after", BigInteger),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("amount <> 0", name="amount_not_zero"),
+    CheckConstraint(
+        f"(account_id = {TREASURY_ACCOUNT_ID}) = (balance_after IS NULL)",
+        name="balance_after_for_users",
+    ),
+    CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
+)
+
+# Statements, point-in-time balances and per-account sums all read one account and asset in
+# time order; created_at never decreases per (account, asset), so (created_at, id) is also
+# the order in which the entries were posted.
+Index(
+    "ix_ledger_entries_account_asset_time",
+    ledger_entries.c.account_id,
+    ledger_entries.c.asset_id,
+    ledger_entries.c.created_at,
+    ledger_entries.c.id,
+)
