@@ -34,9 +34,8 @@ def _new_transaction(conn: Conn, key: str = "raw", amount: int = 5) -> int:
 
 def _refused(conn: Conn, sql: str, params: tuple[Any, ...] = (), *, sqlstate: str) -> None:
     before = ledger_snapshot(conn)
-    with pytest.raises(psycopg.Error) as raised:
-        with conn.transaction():
-            conn.execute(sql, params)
+    with pytest.raises(psycopg.Error) as raised, conn.transaction():
+        conn.execute(sql, params)
     assert raised.value.sqlstate == sqlstate, raised.value
     assert ledger_snapshot(conn) == before
 

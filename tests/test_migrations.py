@@ -56,7 +56,7 @@ def test_migrations_match_the_table_description(database_url: str) -> None:
 
 
 def test_the_schema_head_constant_is_alembics_head() -> None:
-    assert database.SCHEMA_HEAD == migrate.head_revision()
+    assert migrate.head_revision() == database.SCHEMA_HEAD
 
 
 def test_upgrade_from_empty_and_downgrade_back_cleanly(scratch_database: str) -> None:

@@ -69,5 +69,10 @@ class SchemaOutOfDate(WalletError):
     """The database schema is behind this walletctl (or was never created)."""
 
 
-class ConcurrentRun(WalletError):
+class Refused(WalletError):
+    """Refused by policy: an amount above the confirmation threshold without --yes, a bulk
+    file above --max-total."""
+
+
+class ConcurrentRun(Refused):
     """Another process holds the lock this operation needs (a bulk file already running)."""

@@ -22,6 +22,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    UniqueConstraint,
     func,
 )
 
@@ -125,7 +126,7 @@ ledger_entries = Table(
     Column("id", BigInteger, Identity(start=1), primary_key=True),
     # No foreign keys here either (see transactions): the statement-level trigger
     # ledger_entries_check_new checks each new entry against its transaction instead.
-    Column("transaction_id", BigInteger, nullable=False, index=True),
+    Column("transaction_id", BigInteger, nullable=False),
     Column("account_id", BigInteger, nullable=False),
     Column("asset_id", SmallInteger, nullable=False),
     Column("amount", BigInteger, nullable=False),
@@ -138,15 +139,21 @@ ledger_entries = Table(
         name="balance_after_for_users",
     ),
     CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
+    # At most one entry per account in a transaction (so: one for the user, one for the
+    # Treasury). In transaction order and covering the amounts, it lets reconcile check
+    # every transaction in one streaming pass over the index, without sorting.
+    UniqueConstraint("transaction_id", "account_id", postgresql_include=["asset_id", "amount"]),
 )
 
 # Statements, point-in-time balances and per-account sums all read one account and asset in
 # time order; created_at never decreases per (account, asset), so (created_at, id) is also
-# the order in which the entries were posted.
+# the order in which the entries were posted. Covering amount and balance_after, it serves
+# --as-of and reconcile's running-balance pass from the index alone.
 Index(
     "ix_ledger_entries_account_asset_time",
     ledger_entries.c.account_id,
     ledger_entries.c.asset_id,
     ledger_entries.c.created_at,
     ledger_entries.c.id,
+    postgresql_include=["amount", "balance_after"],
 )

@@ -383,15 +383,19 @@ def upgrade() -> None:
             "balance_after >= 0", name=op.f("ck_ledger_entries_balance_after_not_negative")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_entries")),
+        sa.UniqueConstraint(
+            "transaction_id",
+            "account_id",
+            name=op.f("uq_ledger_entries_transaction_id_account_id"),
+            postgresql_include=["asset_id", "amount"],
+        ),
     )
     op.create_index(
         "ix_ledger_entries_account_asset_time",
         "ledger_entries",
         ["account_id", "asset_id", "created_at", "id"],
         unique=False,
-    )
-    op.create_index(
-        op.f("ix_ledger_entries_transaction_id"), "ledger_entries", ["transaction_id"], unique=False
+        postgresql_include=["amount", "balance_after"],
     )
     op.create_table(
         "transactions",
@@ -463,7 +467,6 @@ def downgrade() -> None:
     op.execute(DROP_SQL)
     op.drop_table("balances")
     op.drop_table("transactions")
-    op.drop_index(op.f("ix_ledger_entries_transaction_id"), table_name="ledger_entries")
     op.drop_index("ix_ledger_entries_account_asset_time", table_name="ledger_entries")
     op.drop_table("ledger_entries")
     op.drop_table("asset_types")

@@ -8,6 +8,9 @@ psycopg prepares it once per connection and reuses the plan.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
+from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 
 from walletctl.core import validation
@@ -148,10 +151,23 @@ def reverse(
 def _call(conn: Connection, sql: str, params: tuple[object, ...]) -> Receipt:
     for _ in range(_CLAIM_ATTEMPTS):
         try:
-            with translated(), conn.cursor(row_factory=class_row(Receipt)) as cursor:
+            with (
+                translated(),
+                _undo_scope(conn),
+                conn.cursor(row_factory=class_row(Receipt)) as cursor,
+            ):
                 receipt = cursor.execute(sql, params, prepare=True).fetchone()
         except KeyClaimedConcurrently:
             continue
         assert receipt is not None
         return receipt
     raise RuntimeError("idempotency key kept being claimed concurrently; this is a bug")
+
+
+def _undo_scope(conn: Connection) -> AbstractContextManager[object]:
+    """Inside a caller's transaction (a dry run, a batch), a failed call must not abort the
+    whole transaction: give it a savepoint. On an idle autocommit connection the statement
+    is its own transaction already, and a savepoint would cost round trips."""
+    if conn.info.transaction_status == TransactionStatus.IDLE:
+        return nullcontext()
+    return conn.transaction()

@@ -1,0 +1,3 @@
+from walletctl.cli.entry import main
+
+main()

@@ -1,0 +1,176 @@
+"""The Typer application: global options, and the one place errors become exit codes.
+
+Commands live in the modules imported at the bottom; each parses its options, calls the
+core, and hands the result to walletctl.cli.output. None of them prints an error or picks
+an exit code itself: they raise walletctl's typed errors and WalletctlGroup.main maps them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from walletctl import __version__
+from walletctl.cli import output
+from walletctl.cli.exit_codes import EXIT_CODE_HELP, ExitCode, exit_code_for
+from walletctl.errors import WalletError
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from walletctl.config import DatabaseTarget, Settings
+
+EPILOG = "Exit codes:\n\n" + EXIT_CODE_HELP.replace("\n", "\n\n")
+
+
+class WalletctlGroup(TyperGroup):
+    """Runs the command and turns whatever it raised into one line and an exit code."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(
+                args=args,
+                prog_name=prog_name or "walletctl",
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+            code = result if isinstance(result, int) else ExitCode.OK
+        except WalletError as exc:
+            output.error(str(exc))
+            code = exit_code_for(exc)
+        except typer.Abort:
+            output.error("aborted; nothing was posted")
+            code = ExitCode.REFUSED
+        except typer.TyperException as exc:  # usage errors from parsing
+            output.error(_usage_message(exc.format_message()))
+            code = getattr(exc, "exit_code", ExitCode.INVALID_INPUT)
+        except BrokenPipeError:
+            # The reader went away (`walletctl audit alice | head`): not an error.
+            sys.stderr.close()
+            code = ExitCode.OK
+        except Exception as exc:
+            if os.environ.get("WALLETCTL_TRACEBACK"):
+                raise
+            output.error(
+                f"unexpected {type(exc).__name__}: {exc} (set WALLETCTL_TRACEBACK=1 for details)"
+            )
+            code = ExitCode.UNEXPECTED
+        if standalone_mode:
+            sys.exit(int(code))
+        return int(code)
+
+
+_NEGATIVE_NUMBER_OPTION = re.compile(r"No such option: (-[0-9][0-9.]*)")
+
+
+def _usage_message(message: str) -> str:
+    # A negative amount reaches the parser as an unknown option ("-5"); say what it is.
+    negative = _NEGATIVE_NUMBER_OPTION.match(message)
+    if negative:
+        return f"amounts and ids must be positive, got {negative.group(1)}"
+    return f"{message} (see --help)"
+
+
+@dataclass
+class State:
+    """What the root options decided, shared with every command through ctx.obj."""
+
+    database_url: str | None = None
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from walletctl.config import load_settings
+
+            self._settings = load_settings()
+        return self._settings
+
+    def target(self) -> DatabaseTarget:
+        from walletctl.config import resolve_target
+
+        return resolve_target(self.database_url, self.settings)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        from walletctl.database import connect
+
+        with connect(self.target()) as conn:
+            yield conn
+
+
+def state(ctx: typer.Context) -> State:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, State)
+    return obj
+
+
+app = typer.Typer(
+    cls=WalletctlGroup,
+    name="walletctl",
+    help="Administer a closed-loop wallet kept as a double-entry ledger in PostgreSQL.",
+    epilog=EPILOG,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"walletctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="PostgreSQL URL (postgresql://user@host/db). Overrides "
+            "WALLETCTL_DATABASE_URL and the config file; without any, walletctl uses its "
+            "embedded server. Prefer ~/.pgpass to a password in the URL.",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    ctx.obj = State(database_url=database_url)
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit(ExitCode.INVALID_INPUT)
+
+
+def _register_commands() -> None:
+    # Imported for their side effect of adding commands to `app`.
+    from walletctl.cli import (  # noqa: F401
+        admin_commands,
+        posting_commands,
+        report_commands,
+    )
+
+
+_register_commands()

@@ -1,0 +1,56 @@
+"""Exit codes: stable, documented, one per kind of outcome a script branches on."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from walletctl import errors
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    """Done (a replayed posting is done too: it says so on stderr and in --json)."""
+    UNEXPECTED = 1
+    """A bug or an environment failure walletctl has no name for."""
+    INVALID_INPUT = 2
+    """Usage error or invalid input: bad amount, id, date, URL, option."""
+    INSUFFICIENT_FUNDS = 3
+    """The spend (or reversal of a credit) would take a balance below zero."""
+    NOT_FOUND = 4
+    """The user, asset or transaction does not exist."""
+    CONFLICT = 5
+    """Idempotency conflict: the key was used before for a different request. Also a
+    transaction reversed before, or an asset code that is taken."""
+    DATABASE_UNAVAILABLE = 6
+    """The database is unreachable, or its schema is behind (run `walletctl db upgrade`)."""
+    RECONCILE_FAILED = 7
+    """reconcile found a discrepancy."""
+    REFUSED = 8
+    """Refused by policy: confirmation needed (--yes), a bulk total above --max-total, or
+    another run holding the file's lock."""
+    PARTIAL = 9
+    """A bulk file was processed, but some rows were not posted (see the report)."""
+
+
+EXIT_CODE_HELP = "\n".join(
+    f"{code.value}  {code.name.lower().replace('_', ' ')}" for code in ExitCode
+)
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The one mapping from walletctl's errors to exit codes."""
+    match error:
+        case errors.InsufficientFunds():
+            return ExitCode.INSUFFICIENT_FUNDS
+        case errors.NotFound():
+            return ExitCode.NOT_FOUND
+        case errors.IdempotencyConflict() | errors.AlreadyReversed() | errors.AlreadyExists():
+            return ExitCode.CONFLICT
+        case errors.DatabaseUnavailable() | errors.SchemaOutOfDate():
+            return ExitCode.DATABASE_UNAVAILABLE
+        case errors.Refused():
+            return ExitCode.REFUSED
+        case errors.InvalidInput():
+            return ExitCode.INVALID_INPUT
+        case _:
+            return ExitCode.UNEXPECTED

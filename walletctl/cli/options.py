@@ -1,0 +1,104 @@
+"""Options shared by several commands, and the parsing of what people type into them."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from walletctl.errors import InvalidInput
+
+DEFAULT_ASSET = "GOLD"
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document (JSON lines for listings).")
+]
+CsvOption = Annotated[bool, typer.Option("--csv", help="Print CSV with a header row.")]
+AssetOption = Annotated[
+    str,
+    typer.Option("--asset", "-a", help="Asset code.", envvar="WALLETCTL_ASSET"),
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        "-k",
+        help="Idempotency key. Retrying with the same key never posts twice. "
+        "Without it walletctl makes one and prints it.",
+        show_default=False,
+    ),
+]
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", "-r", help="Why: stored on the transaction.")
+]
+ActorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--actor",
+        help="Who issues it (default: WALLETCTL_ACTOR, else the OS user).",
+        show_default=False,
+    ),
+]
+YesOption = Annotated[
+    bool,
+    typer.Option("--yes", "-y", help="Confirm an amount above the confirmation threshold."),
+]
+DryRunOption = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="Show what would be posted (with the balance after) and write nothing."
+    ),
+]
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="From this time on (ISO 8601: 2026-11-01 or "
+        "2026-11-01T12:00:00+01:00; UTC when no offset is given).",
+        show_default=False,
+    ),
+]
+UntilOption = Annotated[
+    str | None,
+    typer.Option("--until", help="Before this time (same format as --since).", show_default=False),
+]
+
+
+def actor(option: str | None) -> str:
+    """The person or job issuing a posting: --actor, WALLETCTL_ACTOR, or the OS user."""
+    if option is not None:
+        return option
+    from_env = os.environ.get("WALLETCTL_ACTOR")
+    if from_env:
+        return from_env
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_time(text: str | None, option: str) -> datetime | None:
+    """An ISO 8601 date or time; without an offset it is read as UTC."""
+    if text is None:
+        return None
+    cleaned = text.strip()
+    try:
+        if _DATE_ONLY.fullmatch(cleaned):
+            value = datetime.fromisoformat(cleaned)
+        else:
+            value = datetime.fromisoformat(cleaned.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"{option} must be an ISO 8601 date or time such as 2026-11-01 or "
+            f"2026-11-01T12:00:00Z, got {text!r}"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value

@@ -1,0 +1,255 @@
+"""topup, bonus, spend, reverse: the commands that write to the ledger."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from walletctl.cli import options, output
+from walletctl.cli.app import app, state
+from walletctl.errors import InvalidInput, Refused
+
+if TYPE_CHECKING:
+    from walletctl.core.models import Receipt
+
+UserArgument = Annotated[
+    str,
+    typer.Argument(help="The user's id, as the rest of the company knows it.", show_default=False),
+]
+AmountArgument = Annotated[
+    str,
+    typer.Argument(
+        help="A positive whole number in the asset's smallest unit.", show_default=False
+    ),
+]
+
+RECEIPT_NUMERIC = ("amount", "balance_after")
+
+
+def _new_key() -> str:
+    return f"cli-{uuid.uuid4()}"
+
+
+def _confirm(settings_threshold: int, amount: int, what: str, *, yes: bool) -> None:
+    """Large amounts need a yes: asked on a terminal, --yes otherwise."""
+    if yes or amount <= settings_threshold:
+        return
+    if not sys.stdin.isatty():
+        raise Refused(
+            f"{what}: {amount:,} is above the confirmation threshold "
+            f"({settings_threshold:,}); pass --yes to confirm"
+        )
+    if not typer.confirm(f"{what}: {amount:,} is above {settings_threshold:,}. Post it?", err=True):
+        raise typer.Abort()
+
+
+def _receipt_view(receipt: Receipt, *, dry_run: bool) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "transaction_id": receipt.transaction_id,
+        "kind": receipt.kind,
+        "user": receipt.user_id,
+        "asset": receipt.asset,
+        "amount": receipt.amount,
+        "balance_after": receipt.balance_after,
+        "created_at": receipt.created_at,
+        "idempotency_key": receipt.idempotency_key,
+        "replayed": receipt.replayed,
+    }
+    if receipt.reverses is not None:
+        view["reverses"] = receipt.reverses
+    if dry_run:
+        view["dry_run"] = True
+        view["transaction_id"] = None
+    return view
+
+
+def _report(receipt: Receipt, *, dry_run: bool, generated_key: bool, json_output: bool) -> None:
+    out = output.Output(output.choose_mode(json_output=json_output))
+    if dry_run:
+        verb = "would replay" if receipt.replayed else "would post"
+        output.message(f"dry run: {verb} this {receipt.kind}; nothing was written")
+    elif receipt.replayed:
+        output.message(
+            f"replayed: key {receipt.idempotency_key} already posted transaction "
+            f"{receipt.transaction_id}; nothing new was written"
+        )
+    elif generated_key:
+        output.message(
+            f"posted with idempotency key {receipt.idempotency_key} "
+            f"(to retry safely, pass --key {receipt.idempotency_key})"
+        )
+    title = f"{receipt.kind} {'(dry run)' if dry_run else ''}".strip()
+    out.record(_receipt_view(receipt, dry_run=dry_run), title=title, numeric=RECEIPT_NUMERIC)
+
+
+def _post(
+    ctx: typer.Context,
+    kind: str,
+    user: str,
+    amount_text: str,
+    *,
+    asset: str,
+    key: str | None,
+    reason: str | None,
+    actor: str | None,
+    yes: bool,
+    dry_run: bool,
+    json_output: bool,
+) -> None:
+    from walletctl.core import posting, validation
+
+    amount = validation.parse_amount(amount_text)
+    request = {
+        "user_id": validation.user_id(user),
+        "amount": amount,
+        "asset": validation.asset_code(asset),
+        "idempotency_key": validation.idempotency_key(key) if key is not None else _new_key(),
+        "reason": validation.reason(reason, required=kind == "bonus"),
+        "actor": validation.actor(options.actor(actor)),
+    }
+    output.choose_mode(json_output=json_output)  # fail on bad flags before posting
+    settings = state(ctx).settings
+    if not dry_run:
+        _confirm(settings.confirm_above, amount, f"{kind} of {asset} to {user}", yes=yes)
+    with state(ctx).connection() as conn:
+        if dry_run:
+            with conn.transaction(force_rollback=True):
+                receipt = posting.post(conn, kind, **request)  # type: ignore[arg-type]
+        else:
+            receipt = posting.post(conn, kind, **request)  # type: ignore[arg-type]
+    _report(receipt, dry_run=dry_run, generated_key=key is None, json_output=json_output)
+
+
+@app.command(help="Credit credits a user bought (a purchase). Creates the user on first credit.")
+def topup(
+    ctx: typer.Context,
+    user: UserArgument,
+    amount: AmountArgument,
+    asset: options.AssetOption = options.DEFAULT_ASSET,
+    key: options.KeyOption = None,
+    reason: options.ReasonOption = None,
+    actor: options.ActorOption = None,
+    yes: options.YesOption = False,
+    dry_run: options.DryRunOption = False,
+    json_output: options.JsonOption = False,
+) -> None:
+    _post(
+        ctx,
+        "topup",
+        user,
+        amount,
+        asset=asset,
+        key=key,
+        reason=reason,
+        actor=actor,
+        yes=yes,
+        dry_run=dry_run,
+        json_output=json_output,
+    )
+
+
+@app.command(help="Credit credits granted for free (referral, promotion). --reason is required.")
+def bonus(
+    ctx: typer.Context,
+    user: UserArgument,
+    amount: AmountArgument,
+    asset: options.AssetOption = options.DEFAULT_ASSET,
+    key: options.KeyOption = None,
+    reason: options.ReasonOption = None,
+    actor: options.ActorOption = None,
+    yes: options.YesOption = False,
+    dry_run: options.DryRunOption = False,
+    json_output: options.JsonOption = False,
+) -> None:
+    _post(
+        ctx,
+        "bonus",
+        user,
+        amount,
+        asset=asset,
+        key=key,
+        reason=reason,
+        actor=actor,
+        yes=yes,
+        dry_run=dry_run,
+        json_output=json_output,
+    )
+
+
+@app.command(help="Debit credits a user spends. Refused (exit 3) if the balance is short.")
+def spend(
+    ctx: typer.Context,
+    user: UserArgument,
+    amount: AmountArgument,
+    asset: options.AssetOption = options.DEFAULT_ASSET,
+    key: options.KeyOption = None,
+    reason: options.ReasonOption = None,
+    actor: options.ActorOption = None,
+    yes: options.YesOption = False,
+    dry_run: options.DryRunOption = False,
+    json_output: options.JsonOption = False,
+) -> None:
+    _post(
+        ctx,
+        "spend",
+        user,
+        amount,
+        asset=asset,
+        key=key,
+        reason=reason,
+        actor=actor,
+        yes=yes,
+        dry_run=dry_run,
+        json_output=json_output,
+    )
+
+
+@app.command(help="Post the mirror image of a topup, bonus or spend. --reason is required.")
+def reverse(
+    ctx: typer.Context,
+    transaction_id: Annotated[
+        str, typer.Argument(help="The transaction to reverse.", show_default=False)
+    ],
+    reason: options.ReasonOption = None,
+    key: options.KeyOption = None,
+    actor: options.ActorOption = None,
+    yes: options.YesOption = False,
+    dry_run: options.DryRunOption = False,
+    json_output: options.JsonOption = False,
+) -> None:
+    from walletctl.core import history, posting, validation
+
+    target_id = parse_transaction_id(transaction_id)
+    request = {
+        "idempotency_key": validation.idempotency_key(key) if key is not None else _new_key(),
+        "reason": validation.reason(reason, required=True),
+        "actor": validation.actor(options.actor(actor)),
+    }
+    output.choose_mode(json_output=json_output)
+    with state(ctx).connection() as conn:
+        target = history.transaction(conn, target_id)
+        if not dry_run:
+            _confirm(
+                state(ctx).settings.confirm_above,
+                target.amount,
+                f"reversal of {target.kind} {target_id} ({target.asset}, {target.user_id})",
+                yes=yes,
+            )
+        if dry_run:
+            with conn.transaction(force_rollback=True):
+                receipt = posting.reverse(conn, target_id, **request)  # type: ignore[arg-type]
+        else:
+            receipt = posting.reverse(conn, target_id, **request)  # type: ignore[arg-type]
+    _report(receipt, dry_run=dry_run, generated_key=key is None, json_output=json_output)
+
+
+def parse_transaction_id(text: str) -> int:
+    from walletctl.core import validation
+
+    cleaned = text.strip()
+    if not cleaned.isascii() or not cleaned.isdigit():
+        raise InvalidInput(f"transaction id must be a positive whole number, got {text[:60]!r}")
+    return validation.transaction_id(int(cleaned))

@@ -1,0 +1,275 @@
+"""balance, audit, reconcile: the commands that read the ledger."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from walletctl.cli import options, output
+from walletctl.cli.app import app, state
+from walletctl.cli.exit_codes import ExitCode
+from walletctl.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from walletctl.core.models import TransactionDetail
+    from walletctl.core.reconcile import ReconcileReport
+
+Column = output.Column
+
+BALANCE_COLUMNS = (
+    Column("user", "User"),
+    Column("asset", "Asset"),
+    Column("balance", "Balance", numeric=True),
+    Column("updated_at", "Last change"),
+)
+TREASURY_COLUMNS = (
+    Column("asset", "Asset"),
+    Column("outstanding", "Outstanding (held by users)", numeric=True),
+    Column("holders", "Holders", numeric=True),
+    Column("treasury_balance", "Treasury balance", numeric=True),
+)
+STATEMENT_COLUMNS = (
+    Column("created_at", "Time"),
+    Column("transaction_id", "Txn", numeric=True),
+    Column("kind", "Kind"),
+    Column("asset", "Asset"),
+    Column("amount", "Amount", numeric=True),
+    Column("balance_after", "Balance", numeric=True),
+    Column("reason", "Reason"),
+    Column("actor", "Actor"),
+    Column("idempotency_key", "Key"),
+    Column("reverses", "Reverses", numeric=True),
+)
+ENTRY_COLUMNS = (
+    Column("entry_id", "Entry", numeric=True),
+    Column("account", "Account"),
+    Column("amount", "Amount", numeric=True),
+    Column("balance_after", "Balance after", numeric=True),
+)
+CHECK_COLUMNS = (
+    Column("check", "Check"),
+    Column("status", "Status"),
+    Column("checked", "Checked", numeric=True),
+    Column("failures", "Failures", numeric=True),
+    Column("examples", "Examples"),
+)
+CHECK_STYLES = {"PASS": "green", "FAIL": "bold red"}
+
+
+@app.command(
+    help="A user's balances (all assets, or --asset), now or --as-of a past time; "
+    "or, with --treasury, what all users hold per asset."
+)
+def balance(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Argument(help="The user's id.", show_default=False)] = None,
+    asset: Annotated[
+        str | None, typer.Option("--asset", "-a", help="Only this asset.", show_default=False)
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="The balance at this past time (ISO 8601; UTC without an offset).",
+            show_default=False,
+        ),
+    ] = None,
+    treasury: Annotated[
+        bool, typer.Option("--treasury", help="Outstanding liability per asset.")
+    ] = False,
+    json_output: options.JsonOption = False,
+) -> None:
+    from walletctl.core import balances
+
+    out = output.Output(output.choose_mode(json_output=json_output))
+    at = options.parse_time(as_of, "--as-of")
+    if treasury:
+        if user is not None or as_of is not None:
+            raise InvalidInput("--treasury takes no user and no --as-of")
+        with state(ctx).connection() as conn:
+            liabilities = balances.outstanding(conn)
+        out.table(
+            [
+                {
+                    "asset": row.asset,
+                    "outstanding": row.outstanding,
+                    "holders": row.holders,
+                    "treasury_balance": row.treasury_balance,
+                }
+                for row in liabilities
+            ],
+            TREASURY_COLUMNS,
+            title="Treasury: outstanding per asset",
+        )
+        return
+    if user is None:
+        raise InvalidInput("give a user id, or --treasury")
+    with state(ctx).connection() as conn:
+        rows = balances.balances(conn, user, asset=asset, as_of=at)
+    data = [
+        {
+            "user": row.user_id,
+            "asset": row.asset,
+            "balance": row.balance,
+            "updated_at": row.updated_at,
+        }
+        for row in rows
+    ]
+    if json_output:
+        out.record({"user": user, "as_of": at, "balances": data}, title="balances")
+        return
+    title = f"Balances of {user}" + (f" as of {at.isoformat()}" if at else "")
+    out.table(data, BALANCE_COLUMNS, title=title)
+
+
+@app.command(
+    help="A user's statement with running balance; or one transaction (--txn); "
+    "or what an idempotency key did (--key)."
+)
+def audit(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Argument(help="The user's id.", show_default=False)] = None,
+    txn: Annotated[
+        str | None,
+        typer.Option("--txn", help="Show one transaction and its entries.", show_default=False),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="Show what this idempotency key posted.", show_default=False),
+    ] = None,
+    asset: Annotated[
+        str | None, typer.Option("--asset", "-a", help="Only this asset.", show_default=False)
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", help="Only topup, bonus, spend or reversal.", show_default=False),
+    ] = None,
+    since: options.SinceOption = None,
+    until: options.UntilOption = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, help="At most this many lines.", show_default=False),
+    ] = None,
+    json_output: options.JsonOption = False,
+    csv_output: options.CsvOption = False,
+) -> None:
+    from walletctl.core import history
+
+    chosen = [
+        name
+        for name, value in (("USER", user), ("--txn", txn), ("--key", key))
+        if value is not None
+    ]
+    if len(chosen) != 1:
+        raise InvalidInput("give exactly one of USER, --txn or --key")
+    out = output.Output(output.choose_mode(json_output=json_output, csv_output=csv_output))
+    if user is not None:
+        where = history.StatementFilter(
+            asset=asset,
+            kind=kind,
+            since=options.parse_time(since, "--since"),
+            until=options.parse_time(until, "--until"),
+            limit=limit,
+        )
+        with state(ctx).connection() as conn:
+            lines = history.statement(conn, user, where)
+            out.table(
+                (
+                    {column.key: getattr(line, column.key) for column in STATEMENT_COLUMNS}
+                    for line in lines
+                ),
+                STATEMENT_COLUMNS,
+                title=f"Statement of {user}",
+                json_lines=True,
+            )
+        return
+    if txn is not None:
+        from walletctl.cli.posting_commands import parse_transaction_id
+
+        transaction_id = parse_transaction_id(txn)
+        with state(ctx).connection() as conn:
+            detail = history.transaction(conn, transaction_id)
+        _show_transaction(out, detail)
+        return
+    assert key is not None
+    with state(ctx).connection() as conn:
+        found = history.transaction_by_key(conn, key)
+    if found is None:
+        if json_output:
+            out.record({"idempotency_key": key, "transaction": None}, title="key")
+        output.message(f"key {key} has not posted anything; a posting with it would be new")
+        raise typer.Exit(ExitCode.NOT_FOUND)
+    _show_transaction(out, found)
+
+
+def _show_transaction(out: output.Output, detail: TransactionDetail) -> None:
+    entries = [
+        {
+            "entry_id": entry.entry_id,
+            "account": entry.account,
+            "amount": entry.amount,
+            "balance_after": entry.balance_after,
+        }
+        for entry in detail.entries
+    ]
+    header = {
+        "transaction_id": detail.transaction_id,
+        "kind": detail.kind,
+        "user": detail.user_id,
+        "asset": detail.asset,
+        "amount": detail.amount,
+        "created_at": detail.created_at,
+        "idempotency_key": detail.idempotency_key,
+        "reason": detail.reason,
+        "actor": detail.actor,
+        "reverses": detail.reverses,
+        "reversed_by": detail.reversed_by,
+        "entries_sum": detail.entries_sum,
+    }
+    if out.mode is output.Mode.JSON:
+        out.record({**header, "entries": entries}, title="transaction")
+        return
+    out.record(header, title=f"Transaction {detail.transaction_id}", numeric=("amount",))
+    out.table(
+        entries,
+        ENTRY_COLUMNS,
+        title="Entries",
+        footer={"account": "sum", "amount": detail.entries_sum},
+    )
+
+
+@app.command(
+    help="Check the ledger: zero-sum, cached balances, shapes, reversals. "
+    "Exit 7 when any check fails."
+)
+def reconcile(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
+    from walletctl.core.reconcile import reconcile as run_reconcile
+
+    out = output.Output(output.choose_mode(json_output=json_output))
+    with state(ctx).connection() as conn:
+        report = run_reconcile(conn)
+    show_reconcile_report(out, report)
+    if not report.passed:
+        output.message(
+            f"reconcile: {len(report.failed)} check(s) failed: "
+            + ", ".join(check.name for check in report.failed)
+        )
+        raise typer.Exit(ExitCode.RECONCILE_FAILED)
+
+
+def show_reconcile_report(out: output.Output, report: ReconcileReport) -> None:
+    rows = [
+        {
+            "check": check.name,
+            "status": "PASS" if check.passed else "FAIL",
+            "checked": check.checked,
+            "failures": check.failures,
+            "examples": "; ".join(check.examples),
+        }
+        for check in report.checks
+    ]
+    if out.mode is output.Mode.JSON:
+        out.record({"passed": report.passed, "checks": rows}, title="reconcile")
+        return
+    out.table(rows, CHECK_COLUMNS, title="Reconcile", styles=CHECK_STYLES)
