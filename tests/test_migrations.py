@@ -82,3 +82,22 @@ def test_a_database_behind_head_is_reported(scratch_database: str) -> None:
     migrate.upgrade(scratch_database)
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         database.require_current_schema(conn)
+
+
+def test_check_constraints_match_the_table_description(database_url: str) -> None:
+    # alembic's comparison does not look at CHECK constraints; this does.
+    described = {
+        f"{table.name}.{constraint.name}"
+        for table in metadata.tables.values()
+        for constraint in table.constraints
+        if constraint.__class__.__name__ == "CheckConstraint"
+    }
+    with psycopg.connect(database_url) as conn:
+        in_database = {
+            f"{table}.{name}"
+            for table, name in conn.execute(
+                "SELECT conrelid::regclass::text, conname FROM pg_constraint "
+                "WHERE contype = 'c' AND connamespace = 'public'::regnamespace"
+            )
+        }
+    assert in_database == described

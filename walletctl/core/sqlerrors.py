@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import psycopg
 from psycopg import errors as pg
@@ -90,15 +91,20 @@ def translate(exc: psycopg.Error) -> Exception:
     return exc
 
 
+def raise_translated(exc: psycopg.Error, typed: Exception | None = None) -> NoReturn:
+    """Raise the typed error for ``exc`` (``exc`` itself when it has no meaning here)."""
+    typed = translate(exc) if typed is None else typed
+    if typed is exc:
+        raise exc
+    if isinstance(typed, WalletError | KeyClaimedConcurrently):
+        raise typed from None
+    raise typed from exc
+
+
 @contextmanager
 def translated() -> Iterator[None]:
     """Run a block, raising walletctl's typed errors for the database's."""
     try:
         yield
     except psycopg.Error as exc:
-        typed = translate(exc)
-        if typed is exc:
-            raise
-        if isinstance(typed, WalletError | KeyClaimedConcurrently):
-            raise typed from None
-        raise typed from exc
+        raise_translated(exc)
