@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from walletctl.config import load_settings, mask_url, resolve_target
+from walletctl.database import SCHEMA_HEAD
 from walletctl.errors import InvalidInput
 
 from .cli_helpers import Cli
@@ -87,7 +88,7 @@ def test_db_status_tells_the_truth_for_option_env_and_config_file(
     )
     assert by_option["source"] == "--database-url" and by_option["mode"] == "server"
     assert "hunter2" not in json.dumps(by_option) and ":***@" in str(by_option["database"])
-    assert by_option["schema_current"] is True and by_option["schema_revision"] == "0001"
+    assert by_option["schema_current"] is True and by_option["schema_revision"] == SCHEMA_HEAD
     assert by_option["server_version"]
 
     by_env = _status(Cli(secret_url))

@@ -18,7 +18,10 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    Integer,
+    LargeBinary,
     MetaData,
+    Numeric,
     SmallInteger,
     Table,
     Text,
@@ -120,6 +123,14 @@ Index(
     postgresql_where=transactions.c.reverses.isnot(None),
 )
 
+# Period summaries read transactions by time. Rows arrive in time order, so a BRIN index
+# (a few pages, next to nothing per posting) finds a period without a B-tree's upkeep.
+Index(
+    "ix_transactions_created_at",
+    transactions.c.created_at,
+    postgresql_using="brin",
+)
+
 # The text of keys, reasons and actors (length, no control characters) is checked by the
 # core (walletctl/core/validation.py), not by CHECK constraints: each CHECK is re-prepared
 # for every posting statement, and these three cost a measurable share of posting
@@ -161,4 +172,58 @@ Index(
     ledger_entries.c.created_at,
     ledger_entries.c.id,
     postgresql_include=["amount", "balance_after"],
+)
+
+# Sealed history (walletctl seal). A checkpoint seals every transaction with an id up to its
+# horizon; its hash covers the previous checkpoint's hash, so the checkpoints form a chain.
+# All three tables are append-only, like the ledger.
+seal_checkpoints = Table(
+    "seal_checkpoints",
+    metadata,
+    Column("id", BigInteger, Identity(start=1), primary_key=True),
+    Column("previous_id", BigInteger, ForeignKey("seal_checkpoints.id"), unique=True),
+    # Transactions with previous_horizon < id <= horizon are sealed by this checkpoint.
+    Column("previous_horizon", BigInteger, nullable=False),
+    Column("horizon", BigInteger, nullable=False),
+    Column("transactions", BigInteger, nullable=False),
+    Column("entries", BigInteger, nullable=False),
+    Column("previous_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False, unique=True),
+    # The files behind the ledger tables when sealed: a TRUNCATE or a table rewrite
+    # changes them, which reconcile notices without reading the history.
+    Column("transactions_filenode", BigInteger, nullable=False),
+    Column("ledger_entries_filenode", BigInteger, nullable=False),
+    # Rows updated or deleted in transactions and ledger_entries, as PostgreSQL's
+    # statistics counted them when sealed: append-only tables never change it, so a
+    # different number sends reconcile to re-hash the history.
+    Column("ledger_changes", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("horizon > previous_horizon", name="horizon_advances"),
+)
+
+# A block: the sealed transactions whose ids fall in one run of 1,000 ids. digest is the
+# SHA-256 of their SHA-256 digests in id order; fingerprints keeps the first 4 bytes of
+# each, so that a changed block can name the transaction that changed.
+seal_blocks = Table(
+    "seal_blocks",
+    metadata,
+    Column("checkpoint_id", BigInteger, ForeignKey("seal_checkpoints.id"), primary_key=True),
+    Column("block", BigInteger, primary_key=True),
+    Column("first_transaction_id", BigInteger, nullable=False),
+    Column("last_transaction_id", BigInteger, nullable=False),
+    Column("transactions", Integer, nullable=False),
+    Column("entries", Integer, nullable=False),
+    Column("digest", LargeBinary, nullable=False),
+    Column("fingerprints", LargeBinary, nullable=False),
+)
+
+# Per asset at the horizon: the sum of all sealed entries (zero) and of the users' entries
+# (the outstanding liability), so that reconcile can check totals from the horizon on.
+seal_asset_totals = Table(
+    "seal_asset_totals",
+    metadata,
+    Column("checkpoint_id", BigInteger, ForeignKey("seal_checkpoints.id"), primary_key=True),
+    Column("asset_id", SmallInteger, ForeignKey("asset_types.id"), primary_key=True),
+    Column("entries_total", Numeric, nullable=False),
+    Column("outstanding", Numeric, nullable=False),
 )

@@ -204,11 +204,8 @@ def demo(
     ctx: typer.Context,
     user: Annotated[str, typer.Option("--user", help="The sample user.")] = "demo-user",
 ) -> None:
-    from walletctl.cli.report_commands import (
-        BALANCE_COLUMNS,
-        STATEMENT_COLUMNS,
-        show_reconcile_report,
-    )
+    from walletctl.cli.finance_commands import show_reconcile_report
+    from walletctl.cli.report_commands import BALANCE_COLUMNS, STATEMENT_COLUMNS
     from walletctl.core import assets, balances, history, posting
     from walletctl.core.reconcile import reconcile
     from walletctl.errors import AlreadyExists

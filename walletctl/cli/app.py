@@ -168,6 +168,7 @@ def _register_commands() -> None:
     # Imported for their side effect of adding commands to `app`.
     from walletctl.cli import (  # noqa: F401
         admin_commands,
+        finance_commands,
         posting_commands,
         report_commands,
     )

@@ -13,7 +13,6 @@ from walletctl.errors import InvalidInput
 
 if TYPE_CHECKING:
     from walletctl.core.models import TransactionDetail
-    from walletctl.core.reconcile import ReconcileReport
 
 Column = output.Column
 
@@ -47,14 +46,6 @@ ENTRY_COLUMNS = (
     Column("amount", "Amount", numeric=True),
     Column("balance_after", "Balance after", numeric=True),
 )
-CHECK_COLUMNS = (
-    Column("check", "Check"),
-    Column("status", "Status"),
-    Column("checked", "Checked", numeric=True),
-    Column("failures", "Failures", numeric=True),
-    Column("examples", "Examples"),
-)
-CHECK_STYLES = {"PASS": "green", "FAIL": "bold red"}
 
 
 @app.command(
@@ -138,6 +129,14 @@ def audit(
         str | None,
         typer.Option("--key", help="Show what this idempotency key posted.", show_default=False),
     ] = None,
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary",
+            help="Per asset for the period (--since/--until): issued by top-up and by bonus, "
+            "spent, reversed, net change, outstanding at start and end, transactions.",
+        ),
+    ] = False,
     asset: Annotated[
         str | None, typer.Option("--asset", "-a", help="Only this asset.", show_default=False)
     ] = None,
@@ -158,12 +157,17 @@ def audit(
 
     chosen = [
         name
-        for name, value in (("USER", user), ("--txn", txn), ("--key", key))
-        if value is not None
+        for name, value in (("USER", user), ("--txn", txn), ("--key", key), ("--summary", summary))
+        if value
     ]
     if len(chosen) != 1:
-        raise InvalidInput("give exactly one of USER, --txn or --key")
+        raise InvalidInput("give exactly one of USER, --txn, --key or --summary")
     out = output.Output(output.choose_mode(json_output=json_output, csv_output=csv_output))
+    if summary:
+        from walletctl.cli.finance_commands import show_summary
+
+        show_summary(ctx, out, since=since, until=until, asset=asset)
+        return
     if user is not None:
         where = history.StatementFilter(
             asset=asset,
@@ -237,39 +241,3 @@ def _show_transaction(out: output.Output, detail: TransactionDetail) -> None:
         title="Entries",
         footer={"account": "sum", "amount": detail.entries_sum},
     )
-
-
-@app.command(
-    help="Check the ledger: zero-sum, cached balances, shapes, reversals. "
-    "Exit 7 when any check fails."
-)
-def reconcile(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
-    from walletctl.core.reconcile import reconcile as run_reconcile
-
-    out = output.Output(output.choose_mode(json_output=json_output))
-    with state(ctx).connection() as conn:
-        report = run_reconcile(conn)
-    show_reconcile_report(out, report)
-    if not report.passed:
-        output.message(
-            f"reconcile: {len(report.failed)} check(s) failed: "
-            + ", ".join(check.name for check in report.failed)
-        )
-        raise typer.Exit(ExitCode.RECONCILE_FAILED)
-
-
-def show_reconcile_report(out: output.Output, report: ReconcileReport) -> None:
-    rows = [
-        {
-            "check": check.name,
-            "status": "PASS" if check.passed else "FAIL",
-            "checked": check.checked,
-            "failures": check.failures,
-            "examples": "; ".join(check.examples),
-        }
-        for check in report.checks
-    ]
-    if out.mode is output.Mode.JSON:
-        out.record({"passed": report.passed, "checks": rows}, title="reconcile")
-        return
-    out.table(rows, CHECK_COLUMNS, title="Reconcile", styles=CHECK_STYLES)

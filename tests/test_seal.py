@@ -1,0 +1,248 @@
+"""Sealed history: checkpoints chain up, reconcile checks what is new, and tampering with
+sealed rows is caught and named."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from walletctl.core import posting, seal
+from walletctl.core.reconcile import reconcile
+from walletctl.errors import ConcurrentRun
+
+from .cli_helpers import Cli
+
+Conn = psycopg.Connection[Any]
+OPS = {"actor": "ops", "asset": "GOLD"}
+
+
+def _post_some(conn: Conn, prefix: str, count: int = 30) -> list[int]:
+    ids = []
+    for index in range(count):
+        user = f"user-{index % 7}"
+        ids.append(
+            posting.topup(
+                conn, user, 100 + index, idempotency_key=f"{prefix}t{index}", **OPS
+            ).transaction_id
+        )
+        if index % 3 == 0:
+            ids.append(
+                posting.spend(
+                    conn, user, 50, idempotency_key=f"{prefix}s{index}", **OPS
+                ).transaction_id
+            )
+    return ids
+
+
+def _checks(report: Any) -> dict[str, Any]:
+    return {check.name: check for check in report.checks}
+
+
+def _tamper(url: str, sql: str) -> None:
+    """What a superuser with psql could do: switch the guards off, change history."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SET session_replication_role = replica")
+        admin.execute(sql)
+
+
+def test_seal_chains_checkpoints_and_reconcile_goes_incremental(conn: Conn) -> None:
+    first_ids = _post_some(conn, "a")
+    first = seal.seal(conn)
+    assert first is not None
+    assert first.horizon == max(first_ids) and first.transactions == len(first_ids)
+    assert first.entries == 2 * len(first_ids) and first.previous_id is None
+    assert seal.seal(conn) is None  # nothing new
+
+    second_ids = _post_some(conn, "b")
+    report = reconcile(conn)
+    assert report.passed and report.mode == "incremental" and report.horizon == first.horizon
+    assert _checks(report)["zero_sum_per_transaction"].checked == len(second_ids)
+
+    second = seal.seal(conn)
+    assert second is not None
+    assert second.previous_id == first.id and second.previous_hash == first.hash
+    assert second.previous_horizon == first.horizon
+    assert seal.verify_chain(conn) == []
+    checked, mismatches = seal.verify_history(conn)
+    assert mismatches == [] and checked >= len(first_ids) + len(second_ids)
+    assert reconcile(conn, full=True).passed
+
+
+def test_editing_a_sealed_amount_is_named_by_checkpoint_and_transaction(
+    conn: Conn, clean_db: str
+) -> None:
+    ids = _post_some(conn, "a")
+    checkpoint = seal.seal(conn)
+    assert checkpoint is not None
+    _post_some(conn, "b")
+    victim = ids[5]
+    _tamper(
+        clean_db,
+        f"UPDATE ledger_entries SET amount = amount + 1 WHERE transaction_id = "
+        f"{victim} AND account_id <> 0",
+    )
+
+    result = Cli(clean_db)("reconcile", "--json")
+    assert result.exit_code == 7
+    body = json.loads(result.stdout)
+    sealed = {check["check"]: check for check in body["checks"]}["sealed_history_unchanged"]
+    assert sealed["status"] == "FAIL"
+    assert (
+        f"checkpoint {checkpoint.id}: transaction(s) {victim} no longer match"
+        in (sealed["examples"])
+    )
+    assert "tripwire" in result.stderr
+
+
+def test_a_consistent_rewrite_of_history_is_still_caught(conn: Conn, clean_db: str) -> None:
+    """Both entries, the transaction and the balances changed together: every invariant
+    still holds, only the seal knows."""
+    ids = _post_some(conn, "a", count=10)
+    checkpoint = seal.seal(conn)
+    assert checkpoint is not None
+    victim = ids[0]
+    _tamper(
+        clean_db,
+        f"""
+        UPDATE transactions SET amount = amount + 1000 WHERE id = {victim};
+        UPDATE ledger_entries SET amount = amount + 1000 WHERE transaction_id = {victim}
+            AND account_id <> 0;
+        UPDATE ledger_entries SET amount = amount - 1000 WHERE transaction_id = {victim}
+            AND account_id = 0;
+        UPDATE ledger_entries SET balance_after = balance_after + 1000
+            WHERE account_id = (SELECT account_id FROM transactions WHERE id = {victim})
+              AND id >= (SELECT min(id) FROM ledger_entries WHERE transaction_id = {victim});
+        UPDATE balances SET balance = balance + 1000
+            WHERE account_id = (SELECT account_id FROM transactions WHERE id = {victim});
+    """,
+    )
+    report = reconcile(conn, full=True)
+    checks = _checks(report)
+    assert [name for name, check in checks.items() if not check.passed] == [
+        "sealed_history_unchanged"
+    ]
+    (example,) = checks["sealed_history_unchanged"].examples
+    named = example.split("transaction(s) ")[1].split(" no longer match")[0].split(", ")
+    # The victim first, then the later entries of its user, whose balance_after changed.
+    assert named[0] == str(victim), example
+
+
+def test_deleting_a_sealed_transaction_is_caught(conn: Conn, clean_db: str) -> None:
+    ids = _post_some(conn, "a", count=10)
+    assert seal.seal(conn) is not None
+    _tamper(
+        clean_db,
+        f"DELETE FROM ledger_entries WHERE transaction_id = {ids[3]}; "
+        f"DELETE FROM transactions WHERE id = {ids[3]}",
+    )
+    report = reconcile(conn)
+    sealed = _checks(report)["sealed_history_unchanged"]
+    assert not sealed.passed
+    assert "sealed, " in sealed.examples[0]
+
+
+def test_truncating_the_ledger_trips_the_wire(conn: Conn, clean_db: str) -> None:
+    _post_some(conn, "a", count=5)
+    assert seal.seal(conn) is not None
+    _tamper(clean_db, "TRUNCATE ledger_entries, transactions CASCADE")
+    report = reconcile(conn)
+    assert not _checks(report)["sealed_history_unchanged"].passed
+    assert any("truncated or rewritten" in note for note in report.notes)
+
+
+def test_editing_a_stored_checkpoint_breaks_the_chain(conn: Conn, clean_db: str) -> None:
+    _post_some(conn, "a", count=5)
+    assert seal.seal(conn) is not None
+    _post_some(conn, "b", count=5)
+    assert seal.seal(conn) is not None
+    _tamper(clean_db, "UPDATE seal_blocks SET digest = sha256('forged') WHERE checkpoint_id = 1")
+    problems = seal.verify_chain(conn)
+    assert problems and "checkpoint 1" in problems[0]
+    assert not reconcile(conn).passed
+
+
+def test_incremental_reconcile_checks_new_rows_and_all_totals(conn: Conn, clean_db: str) -> None:
+    _post_some(conn, "a", count=10)
+    assert seal.seal(conn) is not None
+    new_ids = _post_some(conn, "b", count=4)
+    # A new entry edited: caught by the incremental passes (no seal covers it yet).
+    _tamper(
+        clean_db,
+        f"UPDATE ledger_entries SET amount = amount + 3 WHERE transaction_id = "
+        f"{new_ids[-1]} AND account_id = 0",
+    )
+    report = reconcile(conn)
+    assert report.mode == "incremental"
+    assert not _checks(report)["zero_sum_per_transaction"].passed
+
+
+def test_a_drifted_cache_of_an_untouched_user_fails_the_asset_totals(
+    conn: Conn, clean_db: str
+) -> None:
+    _post_some(conn, "a", count=10)
+    assert seal.seal(conn) is not None
+    _tamper(
+        clean_db,
+        "UPDATE balances SET balance = balance + 7 WHERE account_id = "
+        "(SELECT min(account_id) FROM balances)",
+    )
+    report = reconcile(conn)
+    assert report.mode == "incremental"
+    assert not _checks(report)["cached_balances_match_ledger"].passed
+
+
+def test_seal_waits_for_a_posting_in_flight_below_the_horizon(
+    conn: Conn, clean_db: str, connect: Any
+) -> None:
+    posting.topup(conn, "alice", 100, idempotency_key="fund", **OPS)
+    slow = connect()
+    slow.execute("BEGIN")
+    held = slow.execute(
+        "SELECT transaction_id FROM walletctl_post('topup', 'bob', 'GOLD', 5, 'slow', NULL, 'x')"
+    ).fetchone()
+    later = posting.topup(conn, "carol", 7, idempotency_key="later", **OPS)
+    assert held is not None and held[0] < later.transaction_id
+
+    result: dict[str, Any] = {}
+    sealer = threading.Thread(
+        target=lambda: result.update(cp=seal.seal(connect(), wait_seconds=20))
+    )
+    sealer.start()
+    time.sleep(0.5)
+    assert sealer.is_alive(), "seal must wait for the posting holding a lower id"
+    slow.execute("COMMIT")
+    sealer.join(timeout=30)
+    checkpoint = result["cp"]
+    assert checkpoint.horizon == later.transaction_id
+    assert checkpoint.transactions == 3
+    assert seal.verify_history(conn)[1] == []
+
+
+def test_seal_gives_up_on_a_posting_that_stays_in_flight(conn: Conn, connect: Any) -> None:
+    slow = connect()
+    slow.execute("BEGIN")
+    slow.execute("SELECT walletctl_post('topup', 'bob', 'GOLD', 5, 'slow', NULL, 'x')")
+    posting.topup(conn, "carol", 7, idempotency_key="later", **OPS)
+    with pytest.raises(ConcurrentRun, match="still running"):
+        seal.seal(conn, wait_seconds=0.3)
+    slow.execute("ROLLBACK")
+
+
+def test_seal_cli_refuses_to_seal_a_broken_ledger(clean_db: str) -> None:
+    cli = Cli(clean_db)
+    cli("asset", "add", "GOLD", "Gold Coins")
+    cli("topup", "alice", "10")
+    sealed = cli("seal", "--json")
+    assert sealed.exit_code == 0, sealed.stderr
+    assert json.loads(sealed.stdout)["sealed_through"] >= 1
+    assert "keep the hash" in sealed.stderr
+    assert json.loads(cli("seal", "--json").stdout) == {"checkpoint": None}
+    cli("topup", "alice", "5")
+    _tamper(clean_db, "UPDATE balances SET balance = balance + 1")
+    refused = cli("seal")
+    assert refused.exit_code == 7 and "refused" in refused.stderr
