@@ -246,3 +246,44 @@ def test_seal_cli_refuses_to_seal_a_broken_ledger(clean_db: str) -> None:
     _tamper(clean_db, "UPDATE balances SET balance = balance + 1")
     refused = cli("seal")
     assert refused.exit_code == 7 and "refused" in refused.stderr
+
+
+CORRUPTIONS = [
+    ("ledger_entries", "amount", "amount + 1"),
+    ("ledger_entries", "amount", "-amount"),
+    ("ledger_entries", "balance_after", "balance_after + 1"),
+    ("ledger_entries", "account_id", "CASE WHEN account_id = 0 THEN 0 ELSE account_id + 1 END"),
+    ("ledger_entries", "transaction_id", "transaction_id + 1"),
+    ("ledger_entries", "asset_id", "2"),
+    ("transactions", "amount", "amount + 1"),
+    ("transactions", "kind", "CASE kind WHEN 'spend' THEN 'topup' ELSE 'spend' END"),
+    ("transactions", "account_id", "account_id + 1"),
+    ("transactions", "asset_id", "2"),
+    ("balances", "balance", "balance + 1"),
+    ("balances", "balance", "balance - 1"),
+]
+
+
+@pytest.mark.parametrize(("table", "column", "value"), CORRUPTIONS)
+def test_any_single_corruption_fails_the_full_reconcile(
+    conn: Conn, clean_db: str, table: str, column: str, value: str
+) -> None:
+    conn.execute("INSERT INTO asset_types (code, name) VALUES ('POINTS', 'Points')")
+    ids = _post_some(conn, "a", count=12)
+    posting.reverse(conn, ids[4], idempotency_key="rev", actor="ops", reason="x")
+    healthy = reconcile(conn, full=True)
+    assert healthy.passed and healthy.method == "fingerprint"
+    key = (
+        "transaction_id"
+        if table == "ledger_entries"
+        else ("id" if table == "transactions" else "account_id")
+    )
+    victim = ids[7] if key != "account_id" else 2
+    _tamper(
+        clean_db,
+        f"UPDATE {table} SET {column} = {value} WHERE {key} = {victim} AND "
+        f"ctid = (SELECT min(ctid) FROM {table} WHERE {key} = {victim})",
+    )
+    report = reconcile(conn, full=True)
+    assert not report.passed
+    assert report.method == "exact"
