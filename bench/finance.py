@@ -217,7 +217,7 @@ def main() -> None:
         row("balance read, median", "balance_ms", "ms"),
         row("--as-of read, median", "as_of_ms", "ms"),
         row("one sequential scan of ledger_entries", "scan_s", "s"),
-        row("full reconcile (2 passes)", "full_reconcile_s", "s"),
+        row("full reconcile (fingerprints: one scan per table)", "full_reconcile_s", "s"),
         row("seal the whole history", "seal_s", "s", "{:.1f}"),
         row(
             f"incremental reconcile after {NEW_ENTRIES:,} new entries",

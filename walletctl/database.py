@@ -20,7 +20,7 @@ __all__ = ["SCHEMA_HEAD", "SchemaOutOfDate", "connect", "open_connection", "sche
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 """The newest migration this walletctl knows; a test checks it equals alembic's head.
 
 Kept as a constant so that a command does not import alembic (about half a second) just to

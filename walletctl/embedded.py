@@ -93,8 +93,9 @@ def ensure_running(data_dir: Path) -> RunningServer:
     return server
 
 
-def stop(data_dir: Path) -> bool:
-    """Stop the server of ``data_dir``. False when it was not running."""
+def stop(data_dir: Path, *, mode: str = "fast") -> bool:
+    """Stop the server of ``data_dir`` (pg_ctl's shutdown ``mode``: fast rolls back open
+    transactions and shuts down cleanly). False when it was not running."""
     if running_server(data_dir) is None:
         return False
     pgdata = pgdata_path(data_dir)
@@ -106,7 +107,7 @@ def stop(data_dir: Path) -> bool:
     try:
         pgexec(
             "pg_ctl",
-            ("-w", "-D", str(pgdata), "-m", "fast", "stop"),
+            ("-w", "-D", str(pgdata), "-m", mode, "stop"),
             bin_path=handle.bin_path,
             user=handle.system_user,
         )

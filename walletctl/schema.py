@@ -51,7 +51,7 @@ asset_types = Table(
     Column("code", Text, nullable=False, unique=True),
     Column("name", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    CheckConstraint(r"code ~ '^[A-Z][A-Z0-9_]{0,31}$'", name="code_format"),
+    CheckConstraint(r"code ~ '^[A-Z]([A-Z0-9_]{0,22}[A-Z0-9])?$'", name="code_format"),
     CheckConstraint(
         "char_length(name) BETWEEN 1 AND 200 AND name !~ '[[:cntrl:]]'", name="name_format"
     ),

@@ -363,7 +363,7 @@ def upgrade() -> None:
             name=op.f("ck_asset_types_name_format"),
         ),
         sa.CheckConstraint(
-            "code ~ '^[A-Z][A-Z0-9_]{0,31}$'", name=op.f("ck_asset_types_code_format")
+            "code ~ '^[A-Z]([A-Z0-9_]{0,22}[A-Z0-9])?$'", name=op.f("ck_asset_types_code_format")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_asset_types")),
         sa.UniqueConstraint("code", name=op.f("uq_asset_types_code")),

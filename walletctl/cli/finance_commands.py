@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -14,13 +12,10 @@ import typer
 from walletctl.cli import options, output
 from walletctl.cli.app import app, state
 from walletctl.cli.exit_codes import ExitCode
+from walletctl.cli.files import atomic_text_file
 from walletctl.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
-    from walletctl.core.export import Format
-    from walletctl.core.models import Connection
     from walletctl.core.reconcile import ReconcileReport
 
 Column = output.Column
@@ -204,7 +199,7 @@ def export(
     ctx: typer.Context,
     fmt: Annotated[
         str,
-        typer.Option("--format", "-f", help="csv, jsonl, ledger or beancount.", show_default=False),
+        typer.Option("--format", help="csv, jsonl, ledger or beancount.", show_default=False),
     ],
     since: options.SinceOption = None,
     until: options.UntilOption = None,
@@ -230,25 +225,7 @@ def export(
             count = exporting.export(conn, sys.stdout, chosen, since=start, until=end)
             sys.stdout.flush()
         else:
-            count = _export_to_file(conn, output_path, chosen, start, end)
+            with atomic_text_file(output_path, "--output") as out:
+                count = exporting.export(conn, out, chosen, since=start, until=end)
     what = "entries" if fmt in ("csv", "jsonl") else "transactions"
     output.message(f"exported {count:,} {what}")
-
-
-def _export_to_file(
-    conn: Connection, path: Path, fmt: Format, start: datetime | None, end: datetime | None
-) -> int:
-    from walletctl.core import export as exporting
-
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InvalidInput(f"--output: directory {directory} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            count = exporting.export(conn, out, fmt, since=start, until=end)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return count

@@ -6,13 +6,11 @@ renamed over the target, so the collector never reads half a file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
+from walletctl.cli.files import atomic_text_file
 from walletctl.core.reconcile import ReconcileReport
-from walletctl.errors import InvalidInput
 
 
 def render(report: ReconcileReport, *, duration_seconds: float, finished_at: float) -> str:
@@ -60,26 +58,7 @@ def render(report: ReconcileReport, *, duration_seconds: float, finished_at: flo
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InvalidInput(f"--metrics-file: directory {directory} does not exist")
-    temporary: str | None = None
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except OSError as exc:
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
-        raise InvalidInput(f"--metrics-file: cannot write {path}: {exc.strerror}") from None
-
-
 def write(path: Path, report: ReconcileReport, *, duration_seconds: float) -> None:
-    write_atomically(
-        path, render(report, duration_seconds=duration_seconds, finished_at=time.time())
-    )
+    text = render(report, duration_seconds=duration_seconds, finished_at=time.time())
+    with atomic_text_file(path, "--metrics-file") as out:
+        out.write(text)

@@ -6,6 +6,7 @@ import getpass
 import os
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -65,6 +66,60 @@ SinceOption = Annotated[
 UntilOption = Annotated[
     str | None,
     typer.Option("--until", help="Before this time (same format as --since).", show_default=False),
+]
+
+FileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--file",
+        "-f",
+        help="Post every row of this file (CSV with a header, or JSON lines; - for stdin): "
+        "fields user, amount, and optionally asset, key, reason.",
+        show_default=False,
+    ),
+]
+FileFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="csv or jsonl (default: from the file name or its content).",
+        show_default=False,
+    ),
+]
+KeyPrefixOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key-prefix",
+        help="Key each row P:<row number> (for files without a key "
+        "column); the same file and prefix always make the same keys.",
+        show_default=False,
+    ),
+]
+ValidateOnlyOption = Annotated[
+    bool, typer.Option("--validate-only", help="Check every row, post nothing.")
+]
+SkipInvalidOption = Annotated[
+    bool, typer.Option("--skip-invalid", help="Post the valid rows even if some are invalid.")
+]
+ReportOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Write each row's outcome here (CSV, or JSON lines for .jsonl).",
+        show_default=False,
+    ),
+]
+MaxTotalOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-total",
+        min=1,
+        help="Refuse the file (exit 8) if its rows add up to more than this.",
+        show_default=False,
+    ),
+]
+BatchSizeOption = Annotated[
+    int, typer.Option("--batch-size", min=1, max=100_000, help="Rows per database transaction.")
 ]
 
 

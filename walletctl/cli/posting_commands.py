@@ -13,14 +13,14 @@ from walletctl.cli.app import app, state
 from walletctl.errors import InvalidInput, Refused
 
 if TYPE_CHECKING:
-    from walletctl.core.models import Receipt
+    from walletctl.core.models import PostingKind, Receipt
 
 UserArgument = Annotated[
-    str,
+    str | None,
     typer.Argument(help="The user's id, as the rest of the company knows it.", show_default=False),
 ]
 AmountArgument = Annotated[
-    str,
+    str | None,
     typer.Argument(
         help="A positive whole number in the asset's smallest unit.", show_default=False
     ),
@@ -87,7 +87,7 @@ def _report(receipt: Receipt, *, dry_run: bool, generated_key: bool, json_output
 
 def _post(
     ctx: typer.Context,
-    kind: str,
+    kind: PostingKind,
     user: str,
     amount_text: str,
     *,
@@ -114,97 +114,113 @@ def _post(
     settings = state(ctx).settings
     if not dry_run:
         _confirm(settings.confirm_above, amount, f"{kind} of {asset} to {user}", yes=yes)
-    with state(ctx).connection() as conn:
-        if dry_run:
-            with conn.transaction(force_rollback=True):
-                receipt = posting.post(conn, kind, **request)  # type: ignore[arg-type]
-        else:
-            receipt = posting.post(conn, kind, **request)  # type: ignore[arg-type]
+    with state(ctx).connection() as conn, posting.scope(conn, dry_run=dry_run):
+        receipt = posting.post(conn, kind, **request)  # type: ignore[arg-type]
     _report(receipt, dry_run=dry_run, generated_key=key is None, json_output=json_output)
 
 
-@app.command(help="Credit credits a user bought (a purchase). Creates the user on first credit.")
-def topup(
-    ctx: typer.Context,
-    user: UserArgument,
-    amount: AmountArgument,
-    asset: options.AssetOption = options.DEFAULT_ASSET,
-    key: options.KeyOption = None,
-    reason: options.ReasonOption = None,
-    actor: options.ActorOption = None,
-    yes: options.YesOption = False,
-    dry_run: options.DryRunOption = False,
-    json_output: options.JsonOption = False,
-) -> None:
-    _post(
-        ctx,
-        "topup",
-        user,
-        amount,
-        asset=asset,
-        key=key,
-        reason=reason,
-        actor=actor,
-        yes=yes,
-        dry_run=dry_run,
-        json_output=json_output,
-    )
+def _register_posting_command(kind: PostingKind, help_text: str) -> None:
+    """topup, bonus and spend share one signature: one row from the arguments, or a file."""
+
+    def command(
+        ctx: typer.Context,
+        user: UserArgument = None,
+        amount: AmountArgument = None,
+        asset: options.AssetOption = options.DEFAULT_ASSET,
+        key: options.KeyOption = None,
+        reason: options.ReasonOption = None,
+        actor: options.ActorOption = None,
+        yes: options.YesOption = False,
+        dry_run: options.DryRunOption = False,
+        json_output: options.JsonOption = False,
+        file: options.FileOption = None,
+        file_format: options.FileFormatOption = None,
+        key_prefix: options.KeyPrefixOption = None,
+        validate_only: options.ValidateOnlyOption = False,
+        skip_invalid: options.SkipInvalidOption = False,
+        report: options.ReportOption = None,
+        max_total: options.MaxTotalOption = None,
+        batch_size: options.BatchSizeOption = 5000,
+    ) -> None:
+        if file is None:
+            bulk_only = [
+                name
+                for name, value in (
+                    ("--format", file_format),
+                    ("--key-prefix", key_prefix),
+                    ("--validate-only", validate_only),
+                    ("--skip-invalid", skip_invalid),
+                    ("--report", report),
+                    ("--max-total", max_total),
+                )
+                if value
+            ]
+            if bulk_only:
+                raise InvalidInput(f"{', '.join(bulk_only)} only go with --file")
+            if user is None or amount is None:
+                raise InvalidInput("give USER and AMOUNT, or --file")
+            _post(
+                ctx,
+                kind,
+                user,
+                amount,
+                asset=asset,
+                key=key,
+                reason=reason,
+                actor=actor,
+                yes=yes,
+                dry_run=dry_run,
+                json_output=json_output,
+            )
+            return
+        if user is not None or amount is not None or key is not None:
+            raise InvalidInput(
+                "--file takes its users, amounts and keys from the file "
+                "(give no USER, AMOUNT or --key)"
+            )
+        from walletctl.cli.bulk_run import FileRequest, run_file
+
+        run_file(
+            ctx,
+            kind,
+            FileRequest(
+                path=file,
+                fmt=file_format,
+                asset=asset,
+                key_prefix=key_prefix,
+                reason=reason,
+                actor=actor,
+                validate_only=validate_only,
+                skip_invalid=skip_invalid,
+                report=report,
+                max_total=max_total,
+                batch_size=batch_size,
+                yes=yes,
+                dry_run=dry_run,
+                json_output=json_output,
+            ),
+        )
+
+    command.__name__ = kind
+    command.__doc__ = help_text
+    app.command(name=kind, help=help_text)(command)
 
 
-@app.command(help="Credit credits granted for free (referral, promotion). --reason is required.")
-def bonus(
-    ctx: typer.Context,
-    user: UserArgument,
-    amount: AmountArgument,
-    asset: options.AssetOption = options.DEFAULT_ASSET,
-    key: options.KeyOption = None,
-    reason: options.ReasonOption = None,
-    actor: options.ActorOption = None,
-    yes: options.YesOption = False,
-    dry_run: options.DryRunOption = False,
-    json_output: options.JsonOption = False,
-) -> None:
-    _post(
-        ctx,
-        "bonus",
-        user,
-        amount,
-        asset=asset,
-        key=key,
-        reason=reason,
-        actor=actor,
-        yes=yes,
-        dry_run=dry_run,
-        json_output=json_output,
-    )
-
-
-@app.command(help="Debit credits a user spends. Refused (exit 3) if the balance is short.")
-def spend(
-    ctx: typer.Context,
-    user: UserArgument,
-    amount: AmountArgument,
-    asset: options.AssetOption = options.DEFAULT_ASSET,
-    key: options.KeyOption = None,
-    reason: options.ReasonOption = None,
-    actor: options.ActorOption = None,
-    yes: options.YesOption = False,
-    dry_run: options.DryRunOption = False,
-    json_output: options.JsonOption = False,
-) -> None:
-    _post(
-        ctx,
-        "spend",
-        user,
-        amount,
-        asset=asset,
-        key=key,
-        reason=reason,
-        actor=actor,
-        yes=yes,
-        dry_run=dry_run,
-        json_output=json_output,
-    )
+_register_posting_command(
+    "topup",
+    "Credit credits a user bought (a purchase). Creates the user on first credit. "
+    "With --file, a file of them.",
+)
+_register_posting_command(
+    "bonus",
+    "Credit credits granted for free (referral, promotion). --reason is required "
+    "(per row, or as the default for a --file).",
+)
+_register_posting_command(
+    "spend",
+    "Debit credits a user spends. Refused (exit 3) if the balance is short. With "
+    "--file, each row that would go below zero is refused alone.",
+)
 
 
 @app.command(help="Post the mirror image of a topup, bonus or spend. --reason is required.")
@@ -238,10 +254,7 @@ def reverse(
                 f"reversal of {target.kind} {target_id} ({target.asset}, {target.user_id})",
                 yes=yes,
             )
-        if dry_run:
-            with conn.transaction(force_rollback=True):
-                receipt = posting.reverse(conn, target_id, **request)  # type: ignore[arg-type]
-        else:
+        with posting.scope(conn, dry_run=dry_run):
             receipt = posting.reverse(conn, target_id, **request)  # type: ignore[arg-type]
     _report(receipt, dry_run=dry_run, generated_key=key is None, json_output=json_output)
 

@@ -8,6 +8,7 @@ psycopg prepares it once per connection and reuses the plan.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from threading import get_ident
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -148,6 +149,13 @@ def reverse(
         validation.actor(actor),
     )
     return _call(conn, REVERSE_SQL, params)
+
+
+def scope(conn: Connection, *, dry_run: bool) -> AbstractContextManager[object]:
+    """Where postings made inside go: into the ledger, or, for a dry run, into a transaction
+    that is rolled back, so the caller sees the exact receipts and refusals and nothing is
+    written."""
+    return conn.transaction(force_rollback=True) if dry_run else nullcontext()
 
 
 # One cursor per connection and thread, reused by every posting: creating a cursor costs

@@ -14,7 +14,9 @@ MAX_AMOUNT = 2**63 - 1
 MAX_ID_LENGTH = 200
 MAX_REASON_LENGTH = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ASSET_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+# Also a valid commodity for beancount and hledger: up to 24 characters, ending in a letter
+# or digit.
+_ASSET_CODE = re.compile(r"[A-Z]([A-Z0-9_]{0,22}[A-Z0-9])?")
 
 
 def amount(value: object) -> int:
@@ -84,7 +86,8 @@ def reason(value: object, *, required: bool) -> str | None:
 def asset_code(value: object) -> str:
     if not isinstance(value, str) or not _ASSET_CODE.fullmatch(value):
         raise InvalidInput(
-            f"asset code must be 1-32 of A-Z, 0-9 and _, starting with a letter, got {_show(value)}"
+            "asset code must be 1-24 of A-Z, 0-9 and _, starting with a letter and not ending "
+            f"with _, got {_show(value)}"
         )
     return value
 
