@@ -304,3 +304,35 @@ def test_a_key_claimed_while_the_batch_runs_makes_the_batch_start_again(
     assert [o.outcome for o in result["out"]] == ["posted", "replayed", "posted"]
     assert balance_of(conn, "bob") == 7
     assert_ledger_consistent(conn)
+
+
+def test_parallel_jobs_keep_each_users_rows_in_file_order(conn: Conn, clean_db: str) -> None:
+    users = [f"u{i}" for i in range(9)]
+    for user in users:
+        posting.topup(conn, user, 40, idempotency_key=f"fund-{user}", **OPS)
+    text = "user,amount\n" + "".join(f"{users[i % 9]},{1 + i % 13}\n" for i in range(600))
+    rows = parse(text, kind="spend", key_prefix="par").rows
+
+    def connect() -> Any:
+        return psycopg.connect(clean_db, autocommit=True)
+
+    outcomes = bulk.post_rows_in_parallel(
+        connect, "spend", rows, actor="bulk", jobs=3, batch_size=40
+    )
+    assert [o.line for o in outcomes] == [row.line for row in rows]
+    # Replaying the file on one connection, in order, must agree row for row.
+    expected: dict[str, int] = {user: 40 for user in users}
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if expected[row.user_id] >= row.amount:
+            expected[row.user_id] -= row.amount
+            assert (outcome.outcome, outcome.balance_after) == ("posted", expected[row.user_id])
+        else:
+            assert outcome.outcome == "insufficient"
+    per_user = conn.execute(
+        "SELECT a.external_id, array_agg(substr(t.idempotency_key, 5)::int ORDER BY t.id) "
+        "FROM transactions t JOIN accounts a ON a.id = t.account_id "
+        "WHERE t.idempotency_key LIKE 'par:%' GROUP BY 1"
+    ).fetchall()
+    for _, numbers in per_user:
+        assert numbers == sorted(numbers)
+    assert_ledger_consistent(conn)

@@ -60,56 +60,36 @@ BEGIN
         RAISE EXCEPTION 'unknown posting kind %', p_kind USING ERRCODE = '22023';
     END IF;
 
+    -- Each row with what the ledger knows of it, and the outcomes decided without locks:
+    -- invalid rows, keys seen before (replay or conflict), spends of unknown users.
     CREATE TEMPORARY TABLE walletctl_batch ON COMMIT DROP AS
     SELECT r.line, r.user_id, r.asset, r.amount, r.idempotency_key, r.reason,
-           v_sign * r.amount AS delta,
-           NULL::smallint AS asset_id, NULL::bigint AS account_id,
-           NULL::text AS outcome, NULL::bigint AS transaction_id,
-           NULL::numeric AS balance_after, NULL::text AS detail
+           v_sign * r.amount AS delta, s.id AS asset_id, a.id AS account_id,
+           CASE
+               WHEN r.amount IS NULL OR r.amount <= 0 THEN 'invalid'
+               WHEN row_number() OVER (PARTITION BY r.idempotency_key ORDER BY r.line) > 1
+                   THEN 'invalid'
+               WHEN s.id IS NULL THEN 'invalid'
+               WHEN p_kind = 'bonus' AND r.reason IS NULL THEN 'invalid'
+               WHEN t.id IS NOT NULL AND t.kind = p_kind AND t.amount = r.amount
+                    AND t.asset_id = s.id AND t.account_id = a.id THEN 'replayed'
+               WHEN t.id IS NOT NULL THEN 'conflict'
+               WHEN v_sign < 0 AND a.id IS NULL THEN 'not_found'
+           END AS outcome,
+           t.id AS prior_id,
+           NULL::numeric AS balance_after
     FROM unnest(p_lines, p_users, p_assets, p_amounts, p_keys, p_reasons)
-         AS r(line, user_id, asset, amount, idempotency_key, reason);
+         AS r(line, user_id, asset, amount, idempotency_key, reason)
+    LEFT JOIN asset_types s ON s.code = r.asset
+    LEFT JOIN accounts a ON a.external_id = r.user_id
+    LEFT JOIN transactions t ON t.idempotency_key = r.idempotency_key;
+    ANALYZE walletctl_batch;  -- a temporary table has no statistics; the joins below need them
 
-    UPDATE walletctl_batch b
-    SET outcome = 'invalid',
-        detail = 'idempotency key ' || b.idempotency_key || ' appears earlier in the batch'
-    WHERE EXISTS (SELECT FROM walletctl_batch o
-                  WHERE o.idempotency_key = b.idempotency_key AND o.line < b.line);
-
-    UPDATE walletctl_batch b SET asset_id = s.id FROM asset_types s WHERE s.code = b.asset;
-    UPDATE walletctl_batch b SET account_id = a.id
-    FROM accounts a WHERE a.external_id = b.user_id;
-
-    UPDATE walletctl_batch b
-    SET outcome = 'invalid', detail = 'amount must be a positive whole number'
-    WHERE b.amount IS NULL OR b.amount <= 0;
-    UPDATE walletctl_batch b
-    SET outcome = 'invalid', detail = 'asset ' || b.asset || ' not found'
-    WHERE b.outcome IS NULL AND b.asset_id IS NULL;
-    UPDATE walletctl_batch b
-    SET outcome = 'invalid', detail = 'a bonus needs a reason'
-    WHERE b.outcome IS NULL AND p_kind = 'bonus' AND b.reason IS NULL;
-
-    -- Keys seen before: the same request is a replay, anything else a conflict.
-    UPDATE walletctl_batch b
-    SET outcome = CASE WHEN t.kind = p_kind AND t.amount = b.amount
-                            AND t.asset_id = b.asset_id
-                            AND t.account_id IS NOT DISTINCT FROM b.account_id
-                       THEN 'replayed' ELSE 'conflict' END,
-        transaction_id = t.id,
-        detail = CASE WHEN t.kind = p_kind AND t.amount = b.amount AND t.asset_id = b.asset_id
-                           AND t.account_id IS NOT DISTINCT FROM b.account_id
-                      THEN NULL
-                      ELSE 'idempotency key ' || b.idempotency_key || ' was already used by '
-                           || 'transaction ' || t.id || ' for a different request' END
-    FROM transactions t
-    WHERE t.idempotency_key = b.idempotency_key AND b.outcome IS DISTINCT FROM 'invalid';
-    UPDATE walletctl_batch b SET balance_after = e.balance_after
-    FROM ledger_entries e
-    WHERE b.outcome = 'replayed' AND e.transaction_id = b.transaction_id
-      AND e.account_id = b.account_id;
-
-    -- Users are created by their first credit, never by a spend.
-    IF v_sign > 0 THEN
+    -- Users are created by their first credit, and every credited balance row exists
+    -- before the locks are taken (inserted in ascending order, like the locks).
+    IF v_sign > 0 AND EXISTS (
+        SELECT FROM walletctl_batch b WHERE b.outcome IS NULL AND b.account_id IS NULL
+    ) THEN
         INSERT INTO accounts (external_id)
         SELECT DISTINCT b.user_id FROM walletctl_batch b
         WHERE b.outcome IS NULL AND b.account_id IS NULL
@@ -117,18 +97,14 @@ BEGIN
         ON CONFLICT (external_id) DO NOTHING;
         UPDATE walletctl_batch b SET account_id = a.id
         FROM accounts a WHERE a.external_id = b.user_id AND b.account_id IS NULL;
-        -- Every credited balance row exists before the locks are taken, inserted in
-        -- ascending order like the locks.
+    END IF;
+    IF v_sign > 0 THEN
         INSERT INTO balances (account_id, asset_id, balance, updated_at)
         SELECT DISTINCT b.account_id, b.asset_id, 0, clock_timestamp()
         FROM walletctl_batch b
         WHERE b.outcome IS NULL
         ORDER BY 1, 2
         ON CONFLICT (account_id, asset_id) DO NOTHING;
-    ELSE
-        UPDATE walletctl_batch b
-        SET outcome = 'not_found', detail = 'user ' || b.user_id || ' not found'
-        WHERE b.outcome IS NULL AND b.account_id IS NULL;
     END IF;
 
     -- The locks: every balance row the batch moves, in ascending order.
@@ -147,64 +123,69 @@ BEGIN
     SELECT greatest(clock_timestamp(), max(s.updated_at)) INTO v_at FROM walletctl_batch_start s;
     v_at := coalesce(v_at, clock_timestamp());
 
-    -- Running balances in file order, from the balance just locked (none: 0).
+    -- Running balances in file order, from the balance just locked (none: 0). A group in
+    -- which no running balance leaves 0..2^63-1 posts whole.
     UPDATE walletctl_batch b
-    SET balance_after = w.running
+    SET balance_after = w.running,
+        outcome = CASE WHEN w.fits THEN 'posted' END
     FROM (
-        SELECT x.line,
-               coalesce(s.balance, 0)
-               + sum(x.delta) OVER (PARTITION BY x.account_id, x.asset_id ORDER BY x.line)
-                   AS running
-        FROM walletctl_batch x
-        LEFT JOIN walletctl_batch_start s
-          ON s.account_id = x.account_id AND s.asset_id = x.asset_id
-        WHERE x.outcome IS NULL
+        SELECT x.line, x.running,
+               min(x.running) OVER (PARTITION BY x.account_id, x.asset_id) >= 0
+               AND max(x.running) OVER (PARTITION BY x.account_id, x.asset_id)
+                   <= 9223372036854775807 AS fits
+        FROM (
+            SELECT y.line, y.account_id, y.asset_id,
+                   coalesce(s.balance, 0)
+                   + sum(y.delta) OVER (PARTITION BY y.account_id, y.asset_id ORDER BY y.line)
+                       AS running
+            FROM walletctl_batch y
+            LEFT JOIN walletctl_batch_start s
+              ON s.account_id = y.account_id AND s.asset_id = y.asset_id
+            WHERE y.outcome IS NULL
+        ) x
     ) w
     WHERE w.line = b.line;
-    UPDATE walletctl_batch b SET outcome = 'posted'
-    WHERE b.outcome IS NULL
-      AND NOT EXISTS (
-          SELECT FROM walletctl_batch g
-          WHERE g.account_id = b.account_id AND g.asset_id = b.asset_id
-            AND g.outcome IS NULL AND (g.balance_after < 0 OR g.balance_after > 9223372036854775807));
 
     -- Groups where a spend would go below zero (or a credit past bigint): row by row.
-    FOR v_group IN
-        SELECT DISTINCT b.account_id, b.asset_id FROM walletctl_batch b WHERE b.outcome IS NULL
-    LOOP
-        SELECT coalesce(
-                   (SELECT s.balance FROM walletctl_batch_start s
-                    WHERE s.account_id = v_group.account_id AND s.asset_id = v_group.asset_id),
-                   0)
-        INTO v_running;
-        FOR v_row IN
-            SELECT b.line, b.delta FROM walletctl_batch b
-            WHERE b.account_id = v_group.account_id AND b.asset_id = v_group.asset_id
-              AND b.outcome IS NULL
-            ORDER BY b.line
+    IF EXISTS (SELECT FROM walletctl_batch b WHERE b.outcome IS NULL) THEN
+        CREATE INDEX ON walletctl_batch (line);
+        FOR v_group IN
+            SELECT DISTINCT b.account_id, b.asset_id FROM walletctl_batch b WHERE b.outcome IS NULL
         LOOP
-            IF v_running + v_row.delta < 0 THEN
-                UPDATE walletctl_batch b
-                SET outcome = 'insufficient', balance_after = NULL,
-                    detail = 'insufficient funds: ' || b.user_id || ' holds ' || v_running
-                             || ' ' || b.asset || ', ' || b.amount || ' needed'
-                WHERE b.line = v_row.line;
-            ELSIF v_running + v_row.delta > 9223372036854775807 THEN
-                UPDATE walletctl_batch b
-                SET outcome = 'invalid', balance_after = NULL,
-                    detail = 'the balance would exceed the largest amount (2^63-1)'
-                WHERE b.line = v_row.line;
-            ELSE
-                v_running := v_running + v_row.delta;
-                UPDATE walletctl_batch b SET outcome = 'posted', balance_after = v_running
-                WHERE b.line = v_row.line;
-            END IF;
+            SELECT coalesce(
+                       (SELECT s.balance FROM walletctl_batch_start s
+                        WHERE s.account_id = v_group.account_id
+                          AND s.asset_id = v_group.asset_id),
+                       0)
+            INTO v_running;
+            FOR v_row IN
+                SELECT b.line, b.delta FROM walletctl_batch b
+                WHERE b.account_id = v_group.account_id AND b.asset_id = v_group.asset_id
+                  AND b.outcome IS NULL
+                ORDER BY b.line
+            LOOP
+                IF v_running + v_row.delta < 0 THEN
+                    UPDATE walletctl_batch b SET outcome = 'insufficient', balance_after = v_running
+                    WHERE b.line = v_row.line;
+                ELSIF v_running + v_row.delta > 9223372036854775807 THEN
+                    UPDATE walletctl_batch b SET outcome = 'invalid', balance_after = NULL
+                    WHERE b.line = v_row.line;
+                ELSE
+                    v_running := v_running + v_row.delta;
+                    UPDATE walletctl_batch b SET outcome = 'posted', balance_after = v_running
+                    WHERE b.line = v_row.line;
+                END IF;
+            END LOOP;
         END LOOP;
-    END LOOP;
+    END IF;
 
-    -- Claim the keys, in file order (so a user's transactions are in id order as in the
-    -- file). A key claimed by a concurrent posting since the lookup: undo the batch.
+    -- Claim the keys (in file order, so a user's transactions are in id order as in the
+    -- file) and book both entries of every posted row in the same statement, so that the
+    -- zero-sum trigger sees them together. A key claimed by a concurrent posting since
+    -- the lookup: undo the batch.
     SELECT count(*) INTO v_expected FROM walletctl_batch b WHERE b.outcome = 'posted';
+    CREATE TEMPORARY TABLE walletctl_batch_booked (line bigint, transaction_id bigint)
+        ON COMMIT DROP;
     WITH booked AS (
         INSERT INTO transactions
             (kind, account_id, asset_id, amount, idempotency_key, reason, actor, created_at)
@@ -215,28 +196,29 @@ BEGIN
         ORDER BY b.line
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id, idempotency_key
+    ),
+    legs AS (
+        SELECT b.line, 0 AS leg, booked.id, b.account_id, b.asset_id, b.delta AS amount,
+               b.balance_after::bigint AS balance_after
+        FROM booked JOIN walletctl_batch b ON b.idempotency_key = booked.idempotency_key
+    ),
+    entries AS (
+        INSERT INTO ledger_entries
+            (transaction_id, account_id, asset_id, amount, balance_after, created_at)
+        SELECT e.id, e.account_id, e.asset_id, e.amount, e.balance_after, v_at
+        FROM (
+            SELECT * FROM legs
+            UNION ALL
+            SELECT l.line, 1, l.id, 0, l.asset_id, -l.amount, NULL FROM legs l
+        ) e
+        ORDER BY e.leg, e.line
     )
-    UPDATE walletctl_batch b SET transaction_id = booked.id
-    FROM booked WHERE booked.idempotency_key = b.idempotency_key;
+    INSERT INTO walletctl_batch_booked SELECT l.line, l.id FROM legs l;
     GET DIAGNOSTICS v_booked = ROW_COUNT;
     IF v_booked <> v_expected THEN
         RAISE EXCEPTION 'an idempotency key of the batch was claimed by a concurrent posting'
             USING ERRCODE = 'WL008';
     END IF;
-
-    -- Both entries of every posted row, in one statement for the zero-sum trigger.
-    INSERT INTO ledger_entries
-        (transaction_id, account_id, asset_id, amount, balance_after, created_at)
-    SELECT e.transaction_id, e.account_id, e.asset_id, e.amount, e.balance_after, v_at
-    FROM (
-        SELECT b.line, 0 AS leg, b.transaction_id, b.account_id, b.asset_id, b.delta AS amount,
-               b.balance_after::bigint AS balance_after
-        FROM walletctl_batch b WHERE b.outcome = 'posted'
-        UNION ALL
-        SELECT b.line, 1, b.transaction_id, 0, b.asset_id, -b.delta, NULL
-        FROM walletctl_batch b WHERE b.outcome = 'posted'
-    ) e
-    ORDER BY e.leg, e.line;
 
     UPDATE balances bal
     SET balance = last.balance_after, updated_at = v_at
@@ -250,8 +232,31 @@ BEGIN
     WHERE bal.account_id = last.account_id AND bal.asset_id = last.asset_id;
 
     RETURN QUERY
-    SELECT b.line, b.outcome, b.transaction_id, b.balance_after::bigint, b.detail
+    SELECT b.line, b.outcome,
+           coalesce(t.transaction_id, b.prior_id),
+           CASE b.outcome WHEN 'posted' THEN b.balance_after::bigint
+                          WHEN 'replayed' THEN e.balance_after END,
+           CASE b.outcome
+               WHEN 'invalid' THEN
+                   CASE WHEN b.amount IS NULL OR b.amount <= 0
+                            THEN 'amount must be a positive whole number'
+                        WHEN b.asset_id IS NULL THEN 'asset ' || b.asset || ' not found'
+                        WHEN p_kind = 'bonus' AND b.reason IS NULL THEN 'a bonus needs a reason'
+                        WHEN b.balance_after IS NULL
+                            THEN 'the balance would exceed the largest amount (2^63-1)'
+                        ELSE 'idempotency key ' || b.idempotency_key
+                             || ' appears earlier in the batch' END
+               WHEN 'conflict' THEN 'idempotency key ' || b.idempotency_key
+                   || ' was already used by transaction ' || b.prior_id
+                   || ' for a different request'
+               WHEN 'not_found' THEN 'user ' || b.user_id || ' not found'
+               WHEN 'insufficient' THEN 'insufficient funds: ' || b.user_id || ' holds '
+                   || b.balance_after || ' ' || b.asset || ', ' || b.amount || ' needed'
+           END
     FROM walletctl_batch b
+    LEFT JOIN walletctl_batch_booked t ON t.line = b.line
+    LEFT JOIN ledger_entries e
+      ON b.outcome = 'replayed' AND e.transaction_id = b.prior_id AND e.account_id = b.account_id
     ORDER BY b.line;
 END
 $$;

@@ -62,6 +62,7 @@ class FileRequest:
     report: Path | None
     max_total: int | None
     batch_size: int
+    jobs: int
     yes: bool
     dry_run: bool
     json_output: bool
@@ -166,21 +167,32 @@ def _post(
                 f"another walletctl is posting this file ({kind}) right now; nothing was posted "
                 "by this run (run it again once the other has finished: posted rows replay)"
             )
-        # A dry run is one transaction for the whole file, rolled back: later batches see
-        # what earlier ones would have done.
-        with _progress(len(parsed.rows)) as advance, posting.scope(conn, dry_run=request.dry_run):
-            outcomes = list(
-                bulk.post_rows(
-                    conn,
+        with _progress(len(parsed.rows)) as advance:
+            if request.dry_run:
+                # One transaction for the whole file, rolled back: later batches see what
+                # earlier ones would have done.
+                with posting.scope(conn, dry_run=True):
+                    outcomes = list(
+                        bulk.post_rows(
+                            conn,
+                            kind,
+                            parsed.rows,
+                            actor=actor,
+                            batch_size=request.batch_size,
+                            progress=advance,
+                        )
+                    )
+                output.message("dry run: nothing was written")
+            else:
+                outcomes = bulk.post_rows_in_parallel(
+                    state(ctx).connection,
                     kind,
                     parsed.rows,
                     actor=actor,
+                    jobs=request.jobs,
                     batch_size=request.batch_size,
                     progress=advance,
                 )
-            )
-        if request.dry_run:
-            output.message("dry run: nothing was written")
     return outcomes
 
 

@@ -121,6 +121,15 @@ MaxTotalOption = Annotated[
 BatchSizeOption = Annotated[
     int, typer.Option("--batch-size", min=1, max=100_000, help="Rows per database transaction.")
 ]
+JobsOption = Annotated[
+    int,
+    typer.Option(
+        "--jobs",
+        min=1,
+        max=16,
+        help="Connections posting at once; each user's rows stay on one of them, in file order.",
+    ),
+]
 
 
 def actor(option: str | None) -> str:

@@ -141,6 +141,7 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
         report: options.ReportOption = None,
         max_total: options.MaxTotalOption = None,
         batch_size: options.BatchSizeOption = 5000,
+        jobs: options.JobsOption = 2,
     ) -> None:
         if file is None:
             bulk_only = [
@@ -195,6 +196,7 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
                 report=report,
                 max_total=max_total,
                 batch_size=batch_size,
+                jobs=jobs,
                 yes=yes,
                 dry_run=dry_run,
                 json_output=json_output,

@@ -15,7 +15,11 @@ import csv
 import hashlib
 import io
 import json
+import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -261,6 +265,54 @@ def try_lock_file(conn: Connection, kind: PostingKind, digest: bytes) -> bool:
     return bool(row and row[0])
 
 
+def post_rows_in_parallel(
+    connect: Callable[[], AbstractContextManager[Connection]],
+    kind: PostingKind,
+    rows: Sequence[BulkRow],
+    *,
+    actor: str,
+    jobs: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> list[RowOutcome]:
+    """Post ``rows`` over ``jobs`` connections at once; returns the outcomes in file order.
+
+    The rows are split by user: all of one user's rows go to one connection, in file order,
+    so they apply in file order as they would on one connection, and no two connections
+    ever wait for the same balance row."""
+    if jobs < 1:
+        raise InvalidInput("jobs must be at least 1")
+    shards: list[list[BulkRow]] = [[] for _ in range(jobs)]
+    for row in rows:
+        shards[zlib.crc32(row.user_id.encode()) % jobs].append(row)
+    stop = threading.Event()
+
+    def run(shard: list[BulkRow]) -> list[RowOutcome]:
+        with connect() as conn:
+            try:
+                return list(
+                    post_rows(
+                        conn,
+                        kind,
+                        shard,
+                        actor=actor,
+                        batch_size=batch_size,
+                        progress=progress,
+                        stop=stop,
+                    )
+                )
+            except BaseException:
+                stop.set()  # the other connections finish their batch and stop
+                raise
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run, shard) for shard in shards if shard]
+        results = [future.result() for future in futures]
+    return sorted(
+        (outcome for result in results for outcome in result), key=lambda outcome: outcome.line
+    )
+
+
 def post_rows(
     conn: Connection,
     kind: PostingKind,
@@ -269,6 +321,7 @@ def post_rows(
     actor: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[RowOutcome]:
     """Post ``rows`` in batches, one database transaction each; yields each row's outcome.
 
@@ -277,6 +330,8 @@ def post_rows(
         raise InvalidInput("batch size must be at least 1")
     actor = validation.actor(actor)
     for start in range(0, len(rows), batch_size):
+        if stop is not None and stop.is_set():
+            raise ConcurrentRun("stopped: another connection of this run failed")
         batch = rows[start : start + batch_size]
         by_line = {row.line: row for row in batch}
         for line, outcome, transaction_id, balance_after, detail in _post_batch(
