@@ -67,13 +67,33 @@ class WalletctlGroup(TyperGroup):
         except Exception as exc:
             if os.environ.get("WALLETCTL_TRACEBACK"):
                 raise
-            output.error(
-                f"unexpected {type(exc).__name__}: {exc} (set WALLETCTL_TRACEBACK=1 for details)"
-            )
-            code = ExitCode.UNEXPECTED
+            lost = _lost_connection(exc)
+            if lost is not None:
+                output.error(str(lost))
+                code = exit_code_for(lost)
+            else:
+                output.error(
+                    f"unexpected {type(exc).__name__}: {exc} "
+                    "(set WALLETCTL_TRACEBACK=1 for details)"
+                )
+                code = ExitCode.UNEXPECTED
         if standalone_mode:
             sys.exit(int(code))
         return int(code)
+
+
+def _lost_connection(exc: Exception) -> WalletError | None:
+    """A connection that broke outside the core's error translation is still exit 6."""
+    if "psycopg" not in sys.modules:  # never imported: not a database error
+        return None
+    import psycopg
+
+    from walletctl.core.sqlerrors import translate
+
+    if isinstance(exc, psycopg.OperationalError):
+        typed = translate(exc)
+        return typed if isinstance(typed, WalletError) else None
+    return None
 
 
 _NEGATIVE_NUMBER_OPTION = re.compile(r"No such option: (-[0-9][0-9.]*)")
