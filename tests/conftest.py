@@ -25,6 +25,8 @@ import pytest
 from walletctl import embedded, migrate
 from walletctl.core import assets
 
+from .cli_helpers import Cli
+
 WALLETCTL_TABLES_SQL = (
     "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables "
     "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
@@ -102,6 +104,21 @@ def connect(clean_db: str) -> Iterator[Any]:
     yield open_one
     for connection in opened:
         connection.close()
+
+
+@pytest.fixture
+def cli(clean_db: str) -> Cli:
+    """walletctl in-process against an empty ledger with the asset GOLD."""
+    command = Cli(clean_db)
+    assert command("asset", "add", "GOLD", "Gold Coins").exit_code == 0
+    return command
+
+
+@pytest.fixture
+def db(clean_db: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the ledger the ``cli`` fixture uses, to look at what it did."""
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        yield conn
 
 
 @pytest.fixture

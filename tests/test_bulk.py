@@ -24,19 +24,6 @@ Conn = psycopg.Connection[Any]
 OPS = {"actor": "ops", "asset": "GOLD"}
 
 
-@pytest.fixture
-def cli(clean_db: str) -> Cli:
-    command = Cli(clean_db)
-    assert command("asset", "add", "GOLD", "Gold Coins").exit_code == 0
-    return command
-
-
-@pytest.fixture
-def db(clean_db: str) -> Any:
-    with psycopg.connect(clean_db, autocommit=True) as conn:
-        yield conn
-
-
 def write(path: Path, text: str) -> str:
     path.write_text(text)
     return str(path)
@@ -113,7 +100,7 @@ def test_a_file_posted_twice_posts_once(cli: Cli, db: Conn, tmp_path: Path) -> N
         "invalid": 0,
     }
     assert ledger_snapshot(db) == before
-    reasons = db.execute("SELECT reason FROM transactions ORDER BY id").fetchall()
+    reasons = db.execute("SELECT reason FROM transactions ORDER BY idempotency_key").fetchall()
     assert reasons == [("default",), ("promo",)]
 
 

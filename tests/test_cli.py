@@ -7,24 +7,8 @@ import io
 import json
 from typing import Any
 
-import psycopg
-import pytest
-
 from .cli_helpers import Cli
 from .helpers import ledger_snapshot
-
-
-@pytest.fixture
-def cli(clean_db: str) -> Cli:
-    command = Cli(clean_db)
-    assert command("asset", "add", "GOLD", "Gold Coins").exit_code == 0
-    return command
-
-
-@pytest.fixture
-def db(clean_db: str) -> Any:
-    with psycopg.connect(clean_db, autocommit=True) as conn:
-        yield conn
 
 
 def _json(text: str) -> Any:
