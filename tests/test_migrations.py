@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from walletctl import database, migrate
+from walletctl.errors import SchemaOutOfDate
 from walletctl.schema import metadata
 
 from .conftest import _with_database
@@ -77,7 +78,7 @@ def test_upgrade_from_empty_and_downgrade_back_cleanly(scratch_database: str) ->
 def test_a_database_behind_head_is_reported(scratch_database: str) -> None:
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         assert not database.schema_state(conn).current
-        with pytest.raises(database.SchemaOutOfDate, match="walletctl db upgrade"):
+        with pytest.raises(SchemaOutOfDate, match="walletctl db upgrade"):
             database.require_current_schema(conn)
     migrate.upgrade(scratch_database)
     with psycopg.connect(scratch_database, autocommit=True) as conn:

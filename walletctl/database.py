@@ -15,8 +15,6 @@ from walletctl import embedded
 from walletctl.config import DatabaseTarget, mask_url
 from walletctl.errors import DatabaseUnavailable, InvalidInput, SchemaOutOfDate
 
-__all__ = ["SCHEMA_HEAD", "SchemaOutOfDate", "connect", "open_connection", "schema_state"]
-
 if TYPE_CHECKING:
     import psycopg
 
@@ -43,10 +41,15 @@ def target_url(target: DatabaseTarget) -> str:
     initialise it) and create walletctl's database in it."""
     if target.url is not None:
         return target.url
+    url, conn = _embedded(target)
+    conn.close()
+    return url
+
+
+def _embedded(target: DatabaseTarget) -> tuple[str, psycopg.Connection[tuple[object, ...]]]:
     assert target.data_dir is not None
     url = embedded.ensure_running(target.data_dir).url()
-    _open_embedded(url).close()
-    return url
+    return url, _open_embedded(url)
 
 
 def open_connection(url: str, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
@@ -99,12 +102,10 @@ def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection[tuple[object,
     The embedded database belongs to walletctl, so it is created and migrated on the spot;
     a server named by URL is never changed without `walletctl db upgrade`.
     """
-    if target.embedded:
-        assert target.data_dir is not None
-        url = embedded.ensure_running(target.data_dir).url()
-        conn = _open_embedded(url)
+    if target.url is None:
+        url, conn = _embedded(target)
     else:
-        url = target_url(target)
+        url = target.url
         conn = open_connection(url)
     try:
         if target.embedded and not schema_state(conn).current:
