@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from walletctl.core import validation
 from walletctl.core.models import Connection
 from walletctl.core.sqlerrors import translated
 from walletctl.errors import InvalidInput
@@ -88,9 +89,6 @@ SELECT a.external_id, min(a.created_at) FROM accounts a WHERE a.id <> 0 GROUP BY
 ORDER BY 1
 """
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
-
 
 def account_name(user_id: str) -> str:
     """A user's account in the journal formats, valid in hledger and beancount alike."""
@@ -112,9 +110,8 @@ def export(
     number of rows (csv, jsonl: entries; ledger, beancount: transactions) written."""
     if fmt not in FORMATS:
         raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if since is not None and until is not None and since >= until:
-        raise InvalidInput("--since must be before --until")
-    params = {"since": since or EPOCH, "until": until or END_OF_TIME}
+    start, end = validation.period(since, until)
+    params = {"since": start, "until": end}
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if fmt == "csv":

@@ -65,10 +65,8 @@ class StatementFilter:
             validation.asset_code(self.asset)
         if self.kind is not None and self.kind not in KINDS:
             raise InvalidInput(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.limit is not None and self.limit <= 0:
-            raise InvalidInput(f"limit must be a positive number, got {self.limit}")
-        if self.since and self.until and self.since >= self.until:
-            raise InvalidInput("--since must be before --until")
+        validation.limit(self.limit)
+        validation.period(self.since, self.until)
 
 
 def statement(

@@ -117,6 +117,14 @@ coalesce(a.external_id, CASE WHEN j.account_id = 0 THEN 'Treasury' END,
          'account ' || j.account_id) || '/' || coalesce(s.code, 'asset ' || j.asset_id)
 """
 
+# Each (account, asset) row of "joined" with a name a person can read.
+_LABELLED = f"""labelled AS (
+    SELECT j.*, {_LABEL} AS label
+    FROM joined j
+    LEFT JOIN accounts a ON a.id = j.account_id
+    LEFT JOIN asset_types s ON s.id = j.asset_id
+),"""
+
 _CACHED_PER_ASSET = "SELECT asset_id, sum(balance) AS cached FROM balances GROUP BY asset_id"
 
 BY_ACCOUNT_SQL = f"""
@@ -143,12 +151,7 @@ joined AS (
     FROM per_account p
     FULL JOIN balances b ON b.account_id = p.account_id AND b.asset_id = p.asset_id
 ),
-labelled AS (
-    SELECT j.*, {_LABEL} AS label
-    FROM joined j
-    LEFT JOIN accounts a ON a.id = j.account_id
-    LEFT JOIN asset_types s ON s.id = j.asset_id
-),
+{_LABELLED}
 per_asset AS (
     SELECT l.asset_id, split_part(min(l.label), '/', 2) AS label, sum(l.ledger) AS total,
            sum(l.ledger) FILTER (WHERE l.account_id <> 0) AS outstanding, min(c.cached) AS cached
@@ -209,12 +212,7 @@ joined AS (
                JOIN per_account t ON t.account_id = b.account_id AND t.asset_id = b.asset_id) b
       ON b.account_id = p.account_id AND b.asset_id = p.asset_id
 ),
-labelled AS (
-    SELECT j.*, {_LABEL} AS label
-    FROM joined j
-    LEFT JOIN accounts a ON a.id = j.account_id
-    LEFT JOIN asset_types s ON s.id = j.asset_id
-),
+{_LABELLED}
 fresh_per_asset AS (
     SELECT asset_id, sum(amount) AS total,
            sum(amount) FILTER (WHERE account_id <> 0) AS outstanding

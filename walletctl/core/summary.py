@@ -10,7 +10,7 @@ from psycopg.rows import class_row
 from walletctl.core import validation
 from walletctl.core.models import Connection
 from walletctl.core.sqlerrors import translated
-from walletctl.errors import AssetNotFound, InvalidInput
+from walletctl.errors import AssetNotFound
 
 # Movements per asset in [since, until) and, for the outstanding balance at the end of the
 # period, in [until, now): outstanding at the end = outstanding now - what moved after it.
@@ -64,9 +64,6 @@ WHERE %(asset)s::text IS NULL OR s.code = %(asset)s
 ORDER BY s.code
 """
 
-EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
-END_OF_TIME = datetime.fromisoformat("9999-12-31T00:00:00+00:00")
-
 
 @dataclass(frozen=True, slots=True)
 class PeriodSummary:
@@ -90,11 +87,10 @@ def period_summary(
 ) -> list[PeriodSummary]:
     """Per asset, for transactions in [since, until): issued by top-up and by bonus, spent,
     reversed (net effect), net change, outstanding at the start and at the end, count."""
-    if since is not None and until is not None and since >= until:
-        raise InvalidInput("--since must be before --until")
+    start, end = validation.period(since, until)
     if asset is not None:
         validation.asset_code(asset)
-    params = {"since": since or EPOCH, "until": until or END_OF_TIME, "asset": asset}
+    params = {"since": start, "until": end, "asset": asset}
     with translated(), conn.transaction(), conn.cursor(row_factory=class_row(PeriodSummary)) as cur:
         # One snapshot for the movements and the balances they are subtracted from.
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

@@ -9,7 +9,7 @@ from psycopg.rows import dict_row
 from walletctl.core import validation
 from walletctl.core.models import Connection, UserSummary
 from walletctl.core.sqlerrors import translated
-from walletctl.errors import InvalidInput, UserNotFound
+from walletctl.errors import UserNotFound
 
 _USERS_SQL = """
 SELECT a.external_id AS user_id, a.created_at,
@@ -33,9 +33,7 @@ def list_users(
     conn: Connection, *, limit: int | None = None, after: str | None = None
 ) -> Iterator[UserSummary]:
     """Users in id order with their balances; ``after`` continues a previous page."""
-    if limit is not None and limit <= 0:
-        raise InvalidInput(f"limit must be a positive number, got {limit}")
-    return _users(conn, {"user": None, "after": after, "limit": limit})
+    return _users(conn, {"user": None, "after": after, "limit": validation.limit(limit)})
 
 
 def show_user(conn: Connection, user_id: str) -> UserSummary:

@@ -7,6 +7,7 @@ clear message naming the field, and keeps a bad request from reaching the server
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from walletctl.errors import InvalidAmount, InvalidInput
 
@@ -103,6 +104,23 @@ def asset_name(value: object) -> str:
 def transaction_id(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_AMOUNT:
         raise InvalidInput(f"transaction id must be a positive whole number, got {_show(value)}")
+    return value
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def period(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
+    """[since, until) with its open ends filled in; since must come before until."""
+    if since is not None and until is not None and since >= until:
+        raise InvalidInput("--since must be before --until")
+    return since or EPOCH, until or END_OF_TIME
+
+
+def limit(value: int | None) -> int | None:
+    if value is not None and value <= 0:
+        raise InvalidInput(f"limit must be a positive number, got {value}")
     return value
 
 
