@@ -205,7 +205,12 @@ def demo(
     user: Annotated[str, typer.Option("--user", help="The sample user.")] = "demo-user",
 ) -> None:
     from walletctl.cli.finance_commands import show_reconcile_report
-    from walletctl.cli.report_commands import BALANCE_COLUMNS, STATEMENT_COLUMNS
+    from walletctl.cli.report_commands import (
+        BALANCE_COLUMNS,
+        STATEMENT_COLUMNS,
+        balance_rows,
+        statement_rows,
+    )
     from walletctl.core import assets, balances, history, posting
     from walletctl.core.reconcile import reconcile
     from walletctl.errors import AlreadyExists
@@ -249,25 +254,13 @@ def demo(
                 f"{receipt.kind} of {receipt.amount} GOLD: transaction "
                 f"{receipt.transaction_id}, balance {receipt.balance_after}"
             )
-        rows = balances.balances(conn, user)
         out.table(
-            [
-                {
-                    "user": r.user_id,
-                    "asset": r.asset,
-                    "balance": r.balance,
-                    "updated_at": r.updated_at,
-                }
-                for r in rows
-            ],
+            balance_rows(balances.balances(conn, user)),
             BALANCE_COLUMNS,
             title=f"Balances of {user}",
         )
         out.table(
-            (
-                {c.key: getattr(line, c.key) for c in STATEMENT_COLUMNS}
-                for line in history.statement(conn, user)
-            ),
+            statement_rows(history.statement(conn, user)),
             STATEMENT_COLUMNS,
             title=f"Statement of {user}",
         )

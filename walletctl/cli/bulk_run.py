@@ -138,21 +138,19 @@ def _check_policy(
             f"the file's rows add up to {parsed.total:,}, above --max-total {request.max_total:,}; "
             "nothing was posted"
         )
+    from walletctl.cli.posting_commands import confirm_large_amount
+
     largest = max((row.amount for row in parsed.rows), default=0)
     threshold = state(ctx).settings.confirm_above
-    if request.dry_run or request.yes or largest <= threshold:
-        return
-    if not sys.stdin.isatty() or request.path == "-":
-        raise Refused(
-            f"a row of {largest:,} is above the confirmation threshold ({threshold:,}); "
-            "pass --yes to confirm"
-        )
-    if not typer.confirm(
-        f"{kind}: {len(parsed.rows):,} rows adding up to {parsed.total:,}, the largest "
+    confirm_large_amount(
+        largest,
+        threshold,
+        yes=request.yes or request.dry_run,
+        refusal=f"a row of {largest:,}",
+        question=f"{kind}: {len(parsed.rows):,} rows adding up to {parsed.total:,}, the largest "
         f"{largest:,} (above {threshold:,}). Post them?",
-        err=True,
-    ):
-        raise typer.Abort()
+        can_ask=request.path != "-",  # stdin holds the file, not an answer
+    )
 
 
 def _post(

@@ -33,17 +33,28 @@ def _new_key() -> str:
     return f"cli-{uuid.uuid4()}"
 
 
-def _confirm(settings_threshold: int, amount: int, what: str, *, yes: bool) -> None:
-    """Large amounts need a yes: asked on a terminal, --yes otherwise."""
-    if yes or amount <= settings_threshold:
+def confirm_large_amount(
+    amount: int, threshold: int, *, yes: bool, refusal: str, question: str, can_ask: bool = True
+) -> None:
+    """Amounts above the threshold need a yes: asked on a terminal, --yes otherwise."""
+    if yes or amount <= threshold:
         return
-    if not sys.stdin.isatty():
+    if not can_ask or not sys.stdin.isatty():
         raise Refused(
-            f"{what}: {amount:,} is above the confirmation threshold "
-            f"({settings_threshold:,}); pass --yes to confirm"
+            f"{refusal} is above the confirmation threshold ({threshold:,}); pass --yes to confirm"
         )
-    if not typer.confirm(f"{what}: {amount:,} is above {settings_threshold:,}. Post it?", err=True):
+    if not typer.confirm(question, err=True):
         raise typer.Abort()
+
+
+def _confirm(threshold: int, amount: int, what: str, *, yes: bool) -> None:
+    confirm_large_amount(
+        amount,
+        threshold,
+        yes=yes,
+        refusal=f"{what}: {amount:,}",
+        question=f"{what}: {amount:,} is above {threshold:,}. Post it?",
+    )
 
 
 def _receipt_view(receipt: Receipt, *, dry_run: bool) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -12,7 +13,7 @@ from walletctl.cli.exit_codes import ExitCode
 from walletctl.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from walletctl.core.models import TransactionDetail
+    from walletctl.core.models import Balance, StatementLine, TransactionDetail
 
 Column = output.Column
 
@@ -46,6 +47,19 @@ ENTRY_COLUMNS = (
     Column("amount", "Amount", numeric=True),
     Column("balance_after", "Balance after", numeric=True),
 )
+
+
+def balance_rows(held: Iterable[Balance]) -> list[dict[str, Any]]:
+    return [
+        {"user": b.user_id, "asset": b.asset, "balance": b.balance, "updated_at": b.updated_at}
+        for b in held
+    ]
+
+
+def statement_rows(lines: Iterable[StatementLine]) -> Iterator[dict[str, Any]]:
+    return (
+        {column.key: getattr(line, column.key) for column in STATEMENT_COLUMNS} for line in lines
+    )
 
 
 @app.command(
@@ -97,16 +111,7 @@ def balance(
     if user is None:
         raise InvalidInput("give a user id, or --treasury")
     with state(ctx).connection() as conn:
-        rows = balances.balances(conn, user, asset=asset, as_of=at)
-    data = [
-        {
-            "user": row.user_id,
-            "asset": row.asset,
-            "balance": row.balance,
-            "updated_at": row.updated_at,
-        }
-        for row in rows
-    ]
+        data = balance_rows(balances.balances(conn, user, asset=asset, as_of=at))
     if json_output:
         out.record({"user": user, "as_of": at, "balances": data}, title="balances")
         return
@@ -179,10 +184,7 @@ def audit(
         with state(ctx).connection() as conn:
             lines = history.statement(conn, user, where)
             out.table(
-                (
-                    {column.key: getattr(line, column.key) for column in STATEMENT_COLUMNS}
-                    for line in lines
-                ),
+                statement_rows(lines),
                 STATEMENT_COLUMNS,
                 title=f"Statement of {user}",
                 json_lines=True,
