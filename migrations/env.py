@@ -10,6 +10,18 @@ from walletctl.schema import metadata
 
 config = context.config
 
+SET_OWNER_ROLE_SQL = """
+DO $$
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
+       AND EXISTS (SELECT FROM pg_roles WHERE rolname = 'walletctl_owner')
+       AND pg_has_role(session_user, 'walletctl_owner', 'MEMBER') THEN
+        SET LOCAL ROLE walletctl_owner;
+    END IF;
+END
+$$
+"""
+
 
 def _database_url() -> str:
     # `walletctl db upgrade` hands over the URL it resolved; plain `alembic upgrade head`
@@ -45,6 +57,10 @@ def run_migrations_online() -> None:
             # Two walletctl processes meeting a fresh database (the embedded default) would
             # both try to create the schema; the second waits here, then finds it current.
             connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            # A member of walletctl_owner that is not a superuser migrates as the owner, so
+            # that what it creates belongs to walletctl_owner (a superuser's objects are
+            # handed over by privileges.sql).
+            connection.execute(text(SET_OWNER_ROLE_SQL))
             context.run_migrations()
     engine.dispose()
 

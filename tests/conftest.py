@@ -8,6 +8,11 @@ Tests that need an empty ledger ask for ``clean_db``: it empties the tables thro
 privileged path (a superuser session with session_replication_role = replica, under which
 ordinary triggers do not fire), so the append-only triggers stay as strict as in production
 for everything the tests themselves do.
+
+The ledger is used as a deployment would: the ``conn``, ``connect`` and ``cli`` fixtures log
+in as a login role that is a member of walletctl_operator, walletctl_batch and
+walletctl_finance, never as a superuser. ``superuser_db`` is the superuser's connection,
+for what only a superuser may do (and what reconcile must then catch).
 """
 
 from __future__ import annotations
@@ -38,6 +43,27 @@ def _with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+def with_user(url: str, user: str) -> str:
+    """The same server and database, logged in as ``user`` (trust auth on this machine)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+def create_login_role(server_url: str, name: str, *kinds: str) -> None:
+    """A login role (as people, services and cron jobs have), member of walletctl roles."""
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+        admin.execute(f'CREATE ROLE "{name}" LOGIN')
+        for kind in kinds:
+            admin.execute(f'GRANT "walletctl_{kind}" TO "{name}"')
+
+
+def drop_login_role(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A URL of a maintenance database on the server the tests use."""
@@ -66,6 +92,21 @@ def database_url(server_url: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def ops_role(server_url: str, database_url: str) -> Iterator[str]:
+    """A login role for everyday work: operator, batch and finance, no more."""
+    name = f"walletctl_test_ops_{uuid.uuid4().hex[:8]}"
+    create_login_role(server_url, name, "operator", "batch", "finance")
+    yield name
+    drop_login_role(server_url, name)
+
+
+@pytest.fixture
+def ops_url(clean_db: str, ops_role: str) -> str:
+    """The emptied session database, logged in as ``ops_role``."""
+    return with_user(clean_db, ops_role)
+
+
 def truncate_everything(url: str) -> None:
     """Empty every walletctl table, bypassing the append-only triggers (superuser only)."""
     with psycopg.connect(url, autocommit=True) as admin:
@@ -84,20 +125,21 @@ def clean_db(database_url: str) -> str:
 
 
 @pytest.fixture
-def conn(clean_db: str) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection to an empty ledger with the asset GOLD."""
-    with psycopg.connect(clean_db, autocommit=True) as connection:
+def conn(ops_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection, as an operator, to an empty ledger with the asset GOLD."""
+    with psycopg.connect(ops_url, autocommit=True) as connection:
         assets.add_asset(connection, "GOLD", "Gold Coins")
         yield connection
 
 
 @pytest.fixture
-def connect(clean_db: str) -> Iterator[Any]:
-    """Open more connections to the same ledger (for concurrency tests); all are closed."""
+def connect(ops_url: str) -> Iterator[Any]:
+    """Open more connections to the same ledger as an operator (for concurrency tests); all
+    are closed."""
     opened: list[psycopg.Connection[Any]] = []
 
     def open_one() -> psycopg.Connection[Any]:
-        connection = psycopg.connect(clean_db, autocommit=True)
+        connection = psycopg.connect(ops_url, autocommit=True)
         opened.append(connection)
         return connection
 
@@ -107,18 +149,25 @@ def connect(clean_db: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def cli(clean_db: str) -> Cli:
-    """walletctl in-process against an empty ledger with the asset GOLD."""
-    command = Cli(clean_db)
+def cli(ops_url: str) -> Cli:
+    """walletctl in-process, as an operator, against an empty ledger with the asset GOLD."""
+    command = Cli(ops_url)
     assert command("asset", "add", "GOLD", "Gold Coins").exit_code == 0
     return command
 
 
 @pytest.fixture
 def db(clean_db: str) -> Iterator[psycopg.Connection[Any]]:
-    """A connection to the ledger the ``cli`` fixture uses, to look at what it did."""
+    """A superuser's connection to the ledger the ``cli`` fixture uses, to look at what it
+    did."""
     with psycopg.connect(clean_db, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def superuser_db(db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """The superuser's connection (what only a superuser may do)."""
+    return db
 
 
 @pytest.fixture

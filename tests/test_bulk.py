@@ -21,7 +21,7 @@ from .cli_helpers import Cli
 from .helpers import assert_ledger_consistent, balance_of, ledger_snapshot
 
 Conn = psycopg.Connection[Any]
-OPS = {"actor": "ops", "asset": "GOLD"}
+OPS = {"on_behalf_of": "ops", "asset": "GOLD"}
 
 
 def write(path: Path, text: str) -> str:
@@ -132,10 +132,10 @@ def test_rows_of_one_user_apply_in_file_order(cli: Cli, db: Conn, tmp_path: Path
 def test_credits_and_spends_mixed_in_one_batch(conn: Conn) -> None:
     posting.topup(conn, "alice", 10, idempotency_key="seed", **OPS)
     spends = parse("user,amount\nalice,10\nalice,1\nbob,3\n", kind="spend")
-    outcomes = list(bulk.post_rows(conn, "spend", spends.rows, actor="ops"))
+    outcomes = list(bulk.post_rows(conn, "spend", spends.rows, on_behalf_of="ops"))
     assert [o.outcome for o in outcomes] == ["posted", "insufficient", "not_found"]
     credits = parse("user,amount\nbob,3\nalice,4\nbob,2\n", key_prefix="c")
-    outcomes = list(bulk.post_rows(conn, "topup", credits.rows, actor="ops"))
+    outcomes = list(bulk.post_rows(conn, "topup", credits.rows, on_behalf_of="ops"))
     assert [(o.outcome, o.balance_after) for o in outcomes] == [
         ("posted", 3),
         ("posted", 4),
@@ -147,10 +147,10 @@ def test_credits_and_spends_mixed_in_one_batch(conn: Conn) -> None:
 def test_keys_reused_for_other_requests_are_conflicts(conn: Conn) -> None:
     posting.topup(conn, "alice", 10, idempotency_key="k1", **OPS)
     rows = parse("user,amount,key\nalice,10,k1\nalice,11,k1b\nbob,10,k1b2\n", key_prefix=None)
-    posted = list(bulk.post_rows(conn, "topup", rows.rows, actor="ops"))
+    posted = list(bulk.post_rows(conn, "topup", rows.rows, on_behalf_of="ops"))
     assert [o.outcome for o in posted] == ["replayed", "posted", "posted"]
     clash = parse("user,amount,key\nalice,99,k1\n", key_prefix=None)
-    (conflict,) = bulk.post_rows(conn, "topup", clash.rows, actor="ops")
+    (conflict,) = bulk.post_rows(conn, "topup", clash.rows, on_behalf_of="ops")
     assert conflict.outcome == "conflict" and "transaction 1" in (conflict.detail or "")
 
 
@@ -250,7 +250,7 @@ def test_bulk_and_single_postings_on_the_same_users_never_deadlock(
 
     def run_file(index: int) -> int:
         outcomes = bulk.post_rows(
-            connect(), "spend", files[index].rows, actor="bulk", batch_size=50
+            connect(), "spend", files[index].rows, on_behalf_of="bulk", batch_size=50
         )
         return sum(o.outcome == "posted" for o in outcomes)
 
@@ -281,7 +281,7 @@ def test_a_key_claimed_while_the_batch_runs_makes_the_batch_start_again(
     result: dict[str, Any] = {}
     worker = threading.Thread(
         target=lambda: result.update(
-            out=list(bulk.post_rows(connect(), "topup", rows.rows, actor="bulk"))
+            out=list(bulk.post_rows(connect(), "topup", rows.rows, on_behalf_of="bulk"))
         )
     )
     worker.start()
@@ -304,7 +304,7 @@ def test_parallel_jobs_keep_each_users_rows_in_file_order(conn: Conn, clean_db: 
         return psycopg.connect(clean_db, autocommit=True)
 
     outcomes = bulk.post_rows_in_parallel(
-        connect, "spend", rows, actor="bulk", jobs=3, batch_size=40
+        connect, "spend", rows, on_behalf_of="bulk", jobs=3, batch_size=40
     )
     assert [o.line for o in outcomes] == [row.line for row in rows]
     # Replaying the file on one connection, in order, must agree row for row.

@@ -7,6 +7,9 @@ import io
 import json
 from typing import Any
 
+import psycopg
+import pytest
+
 from .cli_helpers import Cli
 from .helpers import ledger_snapshot
 
@@ -48,11 +51,19 @@ def test_exit_codes_of_the_posting_refusals(cli: Cli, db: Any) -> None:
     assert ledger_snapshot(db) == before
 
 
-def test_bonus_and_spend_record_reason_and_actor(cli: Cli, db: Any) -> None:
+def test_bonus_and_spend_record_reason_actor_and_on_behalf_of(
+    cli: Cli, db: Any, ops_role: str
+) -> None:
     cli("bonus", "alice", "50", "--reason", "referral", "--actor", "mia")
     cli("spend", "alice", "20", "--reason", "shop")
-    rows = db.execute("SELECT kind, reason, actor FROM transactions ORDER BY id").fetchall()
-    assert rows == [("bonus", "referral", "mia"), ("spend", "shop", "tester")]
+    rows = db.execute(
+        "SELECT kind, reason, actor, on_behalf_of FROM transactions ORDER BY id"
+    ).fetchall()
+    # The actor is the database role logged in, whatever --actor says; --actor is a note.
+    assert rows == [
+        ("bonus", "referral", ops_role, "mia"),
+        ("spend", "shop", ops_role, "tester"),
+    ]
 
 
 def test_large_amounts_need_yes_when_not_interactive(clean_db: str, db: Any) -> None:
@@ -145,7 +156,11 @@ def test_reconcile_passes_on_a_healthy_ledger_and_fails_with_exit_7(
     assert result.exit_code == 0
     report = _json(result.stdout)
     assert report["passed"] is True and len(report["checks"]) >= 7
-    # Damage the cache the way a bad manual fix would.
+    # A bad manual fix by a superuser is refused while the triggers are on ...
+    with pytest.raises(psycopg.Error, match="cached balance"):
+        db.execute("UPDATE balances SET balance = balance + 5")
+    # ... and caught by reconcile when they are switched off.
+    db.execute("SET session_replication_role = replica")
     db.execute("UPDATE balances SET balance = balance + 5")
     failed = cli("reconcile", "--json")
     assert failed.exit_code == 7

@@ -20,7 +20,7 @@ from walletctl.errors import AlreadyReversed, InsufficientFunds, WalletError
 from .helpers import assert_ledger_consistent, balance_of
 
 Conn = psycopg.Connection[Any]
-OPS = {"actor": "ops", "asset": "GOLD"}
+OPS = {"on_behalf_of": "ops", "asset": "GOLD"}
 
 
 def _run_together(workers: int, job: Callable[[int], Any]) -> list[Any]:
@@ -119,7 +119,7 @@ def test_racing_reversals_of_one_transaction_post_one(conn: Conn, connect: Any) 
                 connections[index],
                 topup.transaction_id,
                 idempotency_key=f"r{index}",
-                actor="ops",
+                on_behalf_of="ops",
                 reason="race",
             )
         except AlreadyReversed:
@@ -162,7 +162,7 @@ def test_mixed_workload_keeps_every_invariant(conn: Conn, connect: Any) -> None:
                         rng.randint(1, 500),
                         asset=asset,
                         idempotency_key=key,
-                        actor="load",
+                        on_behalf_of="load",
                     )
                 elif roll < 0.5:
                     receipt = posting.bonus(
@@ -171,7 +171,7 @@ def test_mixed_workload_keeps_every_invariant(conn: Conn, connect: Any) -> None:
                         rng.randint(1, 100),
                         asset=asset,
                         idempotency_key=key,
-                        actor="load",
+                        on_behalf_of="load",
                         reason="promo",
                     )
                 elif roll < 0.9:
@@ -181,7 +181,7 @@ def test_mixed_workload_keeps_every_invariant(conn: Conn, connect: Any) -> None:
                         rng.randint(1, 400),
                         asset=asset,
                         idempotency_key=key,
-                        actor="load",
+                        on_behalf_of="load",
                     )
                 elif mine:
                     target = rng.choice(mine)
@@ -189,7 +189,7 @@ def test_mixed_workload_keeps_every_invariant(conn: Conn, connect: Any) -> None:
                         connection,
                         target.transaction_id,
                         idempotency_key=key,
-                        actor="load",
+                        on_behalf_of="load",
                         reason="undo",
                     )
                 else:
@@ -207,7 +207,7 @@ def test_mixed_workload_keeps_every_invariant(conn: Conn, connect: Any) -> None:
                         receipt.amount,
                         asset=receipt.asset,
                         idempotency_key=key,
-                        actor="load",
+                        on_behalf_of="load",
                         reason="promo",
                     )
                     if receipt.kind != "reversal"

@@ -1,19 +1,33 @@
-"""The database enforces the invariants itself: raw SQL that tries to break each is refused."""
+"""The database enforces the invariants itself: raw SQL that tries to break each is refused.
+
+Every statement here runs as a superuser with the triggers on: the rules hold even for the
+most privileged role that does not switch them off (tests/test_roles.py tries the same as
+the roles a deployment grants, which cannot even reach the tables).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import errors as pg
 
-from walletctl.core import posting
+from walletctl.core import assets, posting
 
 from .helpers import ledger_snapshot
 
 Conn = psycopg.Connection[Any]
-OPS = {"actor": "ops", "asset": "GOLD"}
+OPS = {"on_behalf_of": "ops", "asset": "GOLD"}
+
+
+@pytest.fixture
+def conn(clean_db: str) -> Iterator[Conn]:
+    """A superuser's connection to an empty ledger with the asset GOLD."""
+    with psycopg.connect(clean_db, autocommit=True) as connection:
+        assets.add_asset(connection, "GOLD", "Gold Coins")
+        yield connection
 
 
 @pytest.fixture
@@ -25,7 +39,7 @@ def booked(conn: Conn) -> int:
 def _new_transaction(conn: Conn, key: str = "raw", amount: int = 5) -> int:
     row = conn.execute(
         "INSERT INTO transactions (kind, account_id, asset_id, amount, idempotency_key, actor, "
-        "created_at) VALUES ('topup', 1, 1, %s, %s, 'psql', now()) RETURNING id",
+        "created_at) VALUES ('topup', 1, 1, %s, %s, 'postgres', now()) RETURNING id",
         (amount, key),
     ).fetchone()
     assert row is not None

@@ -23,10 +23,10 @@ from walletctl.errors import (
 from .helpers import assert_ledger_consistent, balance_of, ledger_snapshot
 
 Conn = psycopg.Connection[Any]
-OPS = {"actor": "ops", "asset": "GOLD"}
+OPS = {"on_behalf_of": "ops", "asset": "GOLD"}
 
 
-def test_topup_creates_the_user_and_returns_a_receipt(conn: Conn) -> None:
+def test_topup_creates_the_user_and_returns_a_receipt(conn: Conn, ops_role: str) -> None:
     receipt = posting.topup(conn, "alice", 100, idempotency_key="k1", reason="purchase", **OPS)
     assert (receipt.kind, receipt.user_id, receipt.asset, receipt.amount) == (
         "topup",
@@ -37,10 +37,13 @@ def test_topup_creates_the_user_and_returns_a_receipt(conn: Conn) -> None:
     assert receipt.balance_after == 100
     assert receipt.replayed is False
     assert receipt.idempotency_key == "k1"
+    # The actor is the role that logged in; --actor's name is only a note beside it.
+    assert (receipt.actor, receipt.on_behalf_of) == (ops_role, "ops")
     row = conn.execute(
-        "SELECT kind, reason, actor FROM transactions WHERE id = %s", (receipt.transaction_id,)
+        "SELECT kind, reason, actor, on_behalf_of FROM transactions WHERE id = %s",
+        (receipt.transaction_id,),
     ).fetchone()
-    assert row == ("topup", "purchase", "ops")
+    assert row == ("topup", "purchase", ops_role, "ops")
     assert_ledger_consistent(conn)
 
 
@@ -66,7 +69,7 @@ def test_replay_returns_the_original_receipt_and_writes_nothing(conn: Conn) -> N
     first = posting.topup(conn, "alice", 100, idempotency_key="k", **OPS)
     before = ledger_snapshot(conn)
     again = posting.topup(
-        conn, "alice", 100, idempotency_key="k", actor="someone-else", asset="GOLD"
+        conn, "alice", 100, idempotency_key="k", on_behalf_of="someone-else", asset="GOLD"
     )
     assert again.replayed is True
     assert again.transaction_id == first.transaction_id
@@ -106,7 +109,7 @@ def test_same_key_for_a_different_request_is_a_conflict(
             amount,
             asset=asset,
             idempotency_key="k",  # type: ignore[arg-type]
-            actor="ops",
+            on_behalf_of="ops",
             reason="r",
         )
     assert raised.value.transaction_id == first.transaction_id
@@ -136,13 +139,13 @@ def test_spend_of_an_asset_the_user_never_held_is_insufficient(conn: Conn) -> No
     assets.add_asset(conn, "POINTS", "Reward Points")
     posting.topup(conn, "alice", 100, idempotency_key="t", **OPS)
     with pytest.raises(InsufficientFunds):
-        posting.spend(conn, "alice", 1, idempotency_key="s", asset="POINTS", actor="ops")
+        posting.spend(conn, "alice", 1, idempotency_key="s", asset="POINTS", on_behalf_of="ops")
 
 
 def test_unknown_asset_is_not_found_and_creates_no_user(conn: Conn) -> None:
     before = ledger_snapshot(conn)
     with pytest.raises(AssetNotFound):
-        posting.topup(conn, "alice", 1, idempotency_key="t", asset="SILVER", actor="ops")
+        posting.topup(conn, "alice", 1, idempotency_key="t", asset="SILVER", on_behalf_of="ops")
     assert ledger_snapshot(conn) == before
 
 
@@ -181,7 +184,7 @@ def test_sql_looking_ids_are_just_ids(conn: Conn) -> None:
 def test_reversal_of_a_topup_debits_the_user(conn: Conn) -> None:
     topup = posting.topup(conn, "alice", 100, idempotency_key="t", **OPS)
     reversal = posting.reverse(
-        conn, topup.transaction_id, idempotency_key="r", actor="ops", reason="wrong user"
+        conn, topup.transaction_id, idempotency_key="r", on_behalf_of="ops", reason="wrong user"
     )
     assert (reversal.kind, reversal.reverses, reversal.amount) == (
         "reversal",
@@ -196,7 +199,7 @@ def test_reversal_of_a_spend_credits_the_user(conn: Conn) -> None:
     posting.topup(conn, "alice", 100, idempotency_key="t", **OPS)
     spend = posting.spend(conn, "alice", 40, idempotency_key="s", **OPS)
     reversal = posting.reverse(
-        conn, spend.transaction_id, idempotency_key="r", actor="ops", reason="refund"
+        conn, spend.transaction_id, idempotency_key="r", on_behalf_of="ops", reason="refund"
     )
     assert reversal.balance_after == 100
 
@@ -204,18 +207,22 @@ def test_reversal_of_a_spend_credits_the_user(conn: Conn) -> None:
 def test_a_transaction_is_reversed_at_most_once(conn: Conn) -> None:
     topup = posting.topup(conn, "alice", 100, idempotency_key="t", **OPS)
     first = posting.reverse(
-        conn, topup.transaction_id, idempotency_key="r1", actor="ops", reason="x"
+        conn, topup.transaction_id, idempotency_key="r1", on_behalf_of="ops", reason="x"
     )
     replay = posting.reverse(
-        conn, topup.transaction_id, idempotency_key="r1", actor="ops", reason="x"
+        conn, topup.transaction_id, idempotency_key="r1", on_behalf_of="ops", reason="x"
     )
     assert replay.replayed and replay.transaction_id == first.transaction_id
     before = ledger_snapshot(conn)
     with pytest.raises(AlreadyReversed) as raised:
-        posting.reverse(conn, topup.transaction_id, idempotency_key="r2", actor="ops", reason="x")
+        posting.reverse(
+            conn, topup.transaction_id, idempotency_key="r2", on_behalf_of="ops", reason="x"
+        )
     assert raised.value.transaction_id == first.transaction_id
     with pytest.raises(AlreadyReversed, match="cannot be reversed"):
-        posting.reverse(conn, first.transaction_id, idempotency_key="r3", actor="ops", reason="x")
+        posting.reverse(
+            conn, first.transaction_id, idempotency_key="r3", on_behalf_of="ops", reason="x"
+        )
     assert ledger_snapshot(conn) == before
 
 
@@ -224,21 +231,23 @@ def test_reversing_a_spent_credit_is_insufficient_funds(conn: Conn) -> None:
     posting.spend(conn, "alice", 60, idempotency_key="s", **OPS)
     before = ledger_snapshot(conn)
     with pytest.raises(InsufficientFunds):
-        posting.reverse(conn, topup.transaction_id, idempotency_key="r", actor="ops", reason="x")
+        posting.reverse(
+            conn, topup.transaction_id, idempotency_key="r", on_behalf_of="ops", reason="x"
+        )
     assert ledger_snapshot(conn) == before
 
 
 def test_reversal_of_an_unknown_transaction_is_not_found(conn: Conn) -> None:
     with pytest.raises(TransactionNotFound):
-        posting.reverse(conn, 999, idempotency_key="r", actor="ops", reason="x")
+        posting.reverse(conn, 999, idempotency_key="r", on_behalf_of="ops", reason="x")
 
 
 def test_reversal_key_reused_for_another_target_is_a_conflict(conn: Conn) -> None:
     a = posting.topup(conn, "alice", 100, idempotency_key="a", **OPS)
     b = posting.topup(conn, "alice", 100, idempotency_key="b", **OPS)
-    posting.reverse(conn, a.transaction_id, idempotency_key="r", actor="ops", reason="x")
+    posting.reverse(conn, a.transaction_id, idempotency_key="r", on_behalf_of="ops", reason="x")
     with pytest.raises(IdempotencyConflict):
-        posting.reverse(conn, b.transaction_id, idempotency_key="r", actor="ops", reason="x")
+        posting.reverse(conn, b.transaction_id, idempotency_key="r", on_behalf_of="ops", reason="x")
     with pytest.raises(IdempotencyConflict):
         posting.topup(conn, "alice", 100, idempotency_key="r", **OPS)
 

@@ -58,7 +58,7 @@ def _apply(conn: psycopg.Connection[Any], model: Model, op: tuple[Any, ...]) -> 
         request: tuple[Any, ...] = ("reverse", target.transaction_id)
         try:
             receipt = posting.reverse(
-                conn, target.transaction_id, idempotency_key=key, actor="prop", reason="undo"
+                conn, target.transaction_id, idempotency_key=key, on_behalf_of="prop", reason="undo"
             )
         except IdempotencyConflict:
             assert key in model.requests and model.requests[key] != request
@@ -83,7 +83,7 @@ def _apply(conn: psycopg.Connection[Any], model: Model, op: tuple[Any, ...]) -> 
                 amount,
                 asset=asset,
                 idempotency_key=key,
-                actor="prop",
+                on_behalf_of="prop",
                 reason="because",
             )
         except IdempotencyConflict:

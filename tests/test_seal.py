@@ -11,14 +11,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from walletctl.core import posting, seal
+from walletctl.core import assets, posting, seal
 from walletctl.core.reconcile import reconcile
 from walletctl.errors import ConcurrentRun
 
 from .cli_helpers import Cli
 
 Conn = psycopg.Connection[Any]
-OPS = {"actor": "ops", "asset": "GOLD"}
+OPS = {"on_behalf_of": "ops", "asset": "GOLD"}
 
 
 def _post_some(conn: Conn, prefix: str, count: int = 30) -> list[int]:
@@ -268,9 +268,9 @@ CORRUPTIONS = [
 def test_any_single_corruption_fails_the_full_reconcile(
     conn: Conn, clean_db: str, table: str, column: str, value: str
 ) -> None:
-    conn.execute("INSERT INTO asset_types (code, name) VALUES ('POINTS', 'Points')")
+    assets.add_asset(conn, "POINTS", "Points")
     ids = _post_some(conn, "a", count=12)
-    posting.reverse(conn, ids[4], idempotency_key="rev", actor="ops", reason="x")
+    posting.reverse(conn, ids[4], idempotency_key="rev", on_behalf_of="ops", reason="x")
     healthy = reconcile(conn, full=True)
     assert healthy.passed and healthy.method == "fingerprint"
     key = (

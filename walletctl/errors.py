@@ -61,6 +61,16 @@ class AlreadyExists(WalletError):
     """An asset code that is taken."""
 
 
+class NotPermitted(WalletError):
+    """The role logged in lacks the privilege: it is not a member of the walletctl role that
+    may do this (walletctl db grant)."""
+
+
+class Busy(WalletError):
+    """A deadlock, a lock or statement timeout, or a serialization failure: nothing was
+    written, and retrying with the same idempotency key is safe."""
+
+
 class DatabaseUnavailable(WalletError):
     """The database cannot be reached, or the embedded server cannot be started."""
 

@@ -4,8 +4,8 @@ Only the migrations and the tests import this module; the runtime talks SQL thro
 (see walletctl/core), so that a command does not pay SQLAlchemy's import time.
 
 What the database itself enforces beyond these tables (zero-sum per transaction, the
-append-only rules, the posting function) is written in plain SQL in the migrations, next to
-the invariant it protects.
+append-only rules, the writer functions, the privileges) is in plain SQL in walletctl/sql/,
+next to the invariant it protects; migrations/ holds frozen deltas of both.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
+
+from walletctl.textrules import TREASURY_LABEL, identifier_check, reason_check
 
 TREASURY_ACCOUNT_ID = 0
 """The issuer's account: every credit a user receives is a debit here, and the reverse."""
@@ -52,9 +54,7 @@ asset_types = Table(
     Column("name", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint(r"code ~ '^[A-Z]([A-Z0-9_]{0,22}[A-Z0-9])?$'", name="code_format"),
-    CheckConstraint(
-        "char_length(name) BETWEEN 1 AND 200 AND name !~ '[[:cntrl:]]'", name="name_format"
-    ),
+    CheckConstraint(identifier_check("name"), name="name_format"),
 )
 
 accounts = Table(
@@ -67,9 +67,9 @@ accounts = Table(
     CheckConstraint(
         f"(id = {TREASURY_ACCOUNT_ID}) = (external_id IS NULL)", name="treasury_is_account_zero"
     ),
+    CheckConstraint(identifier_check("external_id"), name="external_id_format"),
     CheckConstraint(
-        "char_length(external_id) BETWEEN 1 AND 200 AND external_id !~ '[[:cntrl:]]'",
-        name="external_id_format",
+        f"lower(external_id) <> lower('{TREASURY_LABEL}')", name="external_id_not_treasury"
     ),
 )
 
@@ -103,7 +103,11 @@ transactions = Table(
     Column("amount", BigInteger, nullable=False),
     Column("idempotency_key", Text, nullable=False, unique=True),
     Column("reason", Text),
+    # Who posted it: the database identity that was logged in (session_user), recorded by
+    # the posting functions, never taken from the caller.
     Column("actor", Text, nullable=False),
+    # Optional: the person or system the actor says it acted for (the CLI's --actor).
+    Column("on_behalf_of", Text),
     Column("reverses", BigInteger, ForeignKey("transactions.id")),
     Column("created_at", DateTime(timezone=True), nullable=False),
     CheckConstraint(f"kind IN {POSTING_KINDS!r}", name="kind_known"),
@@ -113,6 +117,10 @@ transactions = Table(
     CheckConstraint(
         "kind NOT IN ('bonus', 'reversal') OR reason IS NOT NULL", name="reason_required"
     ),
+    CheckConstraint(identifier_check("idempotency_key"), name="idempotency_key_format"),
+    CheckConstraint(identifier_check("actor"), name="actor_format"),
+    CheckConstraint(identifier_check("on_behalf_of"), name="on_behalf_of_format"),
+    CheckConstraint(reason_check("reason"), name="reason_format"),
 )
 # A transaction is reversed at most once. Partial: most transactions reverse nothing, and an
 # index entry per posting for a NULL would be work for nothing.
@@ -130,11 +138,6 @@ Index(
     transactions.c.created_at,
     postgresql_using="brin",
 )
-
-# The text of keys, reasons and actors (length, no control characters) is checked by the
-# core (walletctl/core/validation.py), not by CHECK constraints: each CHECK is re-prepared
-# for every posting statement, and these three cost a measurable share of posting
-# throughput without protecting any ledger invariant.
 
 ledger_entries = Table(
     "ledger_entries",

@@ -217,7 +217,7 @@ def demo(
 
     out = output.Output(output.choose_mode())
     run = uuid.uuid4().hex[:8]
-    actor = options.actor(None)
+    actor = options.on_behalf_of(None)
     with state(ctx).connection() as conn:
         with suppress(AlreadyExists):
             assets.add_asset(conn, "GOLD", "Gold Coins")
@@ -228,7 +228,7 @@ def demo(
                 500,
                 asset="GOLD",
                 idempotency_key=f"demo-{run}-topup",
-                actor=actor,
+                on_behalf_of=actor,
                 reason="demo purchase",
             ),
             posting.bonus(
@@ -237,7 +237,7 @@ def demo(
                 50,
                 asset="GOLD",
                 idempotency_key=f"demo-{run}-bonus",
-                actor=actor,
+                on_behalf_of=actor,
                 reason="demo welcome bonus",
             ),
             posting.spend(
@@ -246,7 +246,7 @@ def demo(
                 120,
                 asset="GOLD",
                 idempotency_key=f"demo-{run}-spend",
-                actor=actor,
+                on_behalf_of=actor,
                 reason="demo purchase in the app",
             ),
         ):

@@ -158,7 +158,7 @@ def _post(
 ) -> list[RowOutcome]:
     from walletctl.core import bulk, posting
 
-    actor = options.actor(request.actor)
+    actor = options.on_behalf_of(request.actor)
     with state(ctx).connection() as conn:
         if not bulk.try_lock_file(conn, kind, parsed.digest):
             raise ConcurrentRun(
@@ -175,7 +175,7 @@ def _post(
                             conn,
                             kind,
                             parsed.rows,
-                            actor=actor,
+                            on_behalf_of=actor,
                             batch_size=request.batch_size,
                             progress=advance,
                         )
@@ -186,7 +186,7 @@ def _post(
                     state(ctx).connection,
                     kind,
                     parsed.rows,
-                    actor=actor,
+                    on_behalf_of=actor,
                     jobs=request.jobs,
                     batch_size=request.batch_size,
                     progress=advance,

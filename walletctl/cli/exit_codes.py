@@ -30,6 +30,11 @@ class ExitCode(IntEnum):
     another run holding the file's lock."""
     PARTIAL = 9
     """A bulk file was processed, but some rows were not posted (see the report)."""
+    NOT_PERMITTED = 10
+    """The database role logged in may not do this (walletctl db grant ROLE --as KIND)."""
+    BUSY = 11
+    """Busy (deadlock, lock or statement timeout, serialization failure): nothing was
+    written; retrying with the same key is safe."""
 
 
 EXIT_CODE_HELP = "\n".join(
@@ -46,6 +51,10 @@ def exit_code_for(error: BaseException) -> ExitCode:
             return ExitCode.NOT_FOUND
         case errors.IdempotencyConflict() | errors.AlreadyReversed() | errors.AlreadyExists():
             return ExitCode.CONFLICT
+        case errors.NotPermitted():
+            return ExitCode.NOT_PERMITTED
+        case errors.Busy():
+            return ExitCode.BUSY
         case errors.DatabaseUnavailable() | errors.SchemaOutOfDate():
             return ExitCode.DATABASE_UNAVAILABLE
         case errors.Refused():

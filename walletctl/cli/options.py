@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 from datetime import UTC, datetime
@@ -40,7 +39,10 @@ ActorOption = Annotated[
     str | None,
     typer.Option(
         "--actor",
-        help="Who issues it (default: WALLETCTL_ACTOR, else the OS user).",
+        help=(
+            "On whose behalf (default: WALLETCTL_ACTOR): a note stored beside the actor, "
+            "which is always the database role logged in."
+        ),
         show_default=False,
     ),
 ]
@@ -132,17 +134,12 @@ JobsOption = Annotated[
 ]
 
 
-def actor(option: str | None) -> str:
-    """The person or job issuing a posting: --actor, WALLETCTL_ACTOR, or the OS user."""
+def on_behalf_of(option: str | None) -> str | None:
+    """Whom a posting is for, as the operator says: --actor or WALLETCTL_ACTOR. Only a note:
+    the actor the ledger records is the database identity that logged in."""
     if option is not None:
         return option
-    from_env = os.environ.get("WALLETCTL_ACTOR")
-    if from_env:
-        return from_env
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid:{os.getuid()}"
+    return os.environ.get("WALLETCTL_ACTOR") or None
 
 
 _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")

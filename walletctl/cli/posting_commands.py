@@ -67,6 +67,8 @@ def _receipt_view(receipt: Receipt, *, dry_run: bool) -> dict[str, Any]:
         "balance_after": receipt.balance_after,
         "created_at": receipt.created_at,
         "idempotency_key": receipt.idempotency_key,
+        "actor": receipt.actor,
+        "on_behalf_of": receipt.on_behalf_of,
         "replayed": receipt.replayed,
     }
     if receipt.reverses is not None:
@@ -119,7 +121,7 @@ def _post(
         "asset": validation.asset_code(asset),
         "idempotency_key": validation.idempotency_key(key) if key is not None else _new_key(),
         "reason": validation.reason(reason, required=kind == "bonus"),
-        "actor": validation.actor(options.actor(actor)),
+        "on_behalf_of": validation.on_behalf_of(options.on_behalf_of(actor)),
     }
     output.choose_mode(json_output=json_output)  # fail on bad flags before posting
     settings = state(ctx).settings
@@ -255,7 +257,7 @@ def reverse(
     request = {
         "idempotency_key": validation.idempotency_key(key) if key is not None else _new_key(),
         "reason": validation.reason(reason, required=True),
-        "actor": validation.actor(options.actor(actor)),
+        "on_behalf_of": validation.on_behalf_of(options.on_behalf_of(actor)),
     }
     output.choose_mode(json_output=json_output)
     with state(ctx).connection() as conn:

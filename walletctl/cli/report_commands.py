@@ -38,6 +38,7 @@ STATEMENT_COLUMNS = (
     Column("balance_after", "Balance", numeric=True),
     Column("reason", "Reason"),
     Column("actor", "Actor"),
+    Column("on_behalf_of", "On behalf of"),
     Column("idempotency_key", "Key"),
     Column("reverses", "Reverses", numeric=True),
 )
@@ -229,6 +230,7 @@ def _show_transaction(out: output.Output, detail: TransactionDetail) -> None:
         "idempotency_key": detail.idempotency_key,
         "reason": detail.reason,
         "actor": detail.actor,
+        "on_behalf_of": detail.on_behalf_of,
         "reverses": detail.reverses,
         "reversed_by": detail.reversed_by,
         "entries_sum": detail.entries_sum,

@@ -15,9 +15,7 @@ def add_asset(conn: Connection, code: str, name: str) -> Asset:
     params = (validation.asset_code(code), validation.asset_name(name))
     with translated(), conn.cursor(row_factory=class_row(Asset)) as cursor:
         asset = cursor.execute(
-            "INSERT INTO asset_types (code, name) VALUES (%s, %s) "
-            "ON CONFLICT (code) DO NOTHING RETURNING code, name, created_at",
-            params,
+            "SELECT code, name, created_at FROM walletctl_add_asset(%s, %s)", params
         ).fetchone()
     if asset is None:
         raise AlreadyExists(f"asset {code} already exists")

@@ -5,8 +5,9 @@ asset, key and reason. Every row carries an idempotency key (its own, or ``P:<ro
 key prefix), so running a file again, after any crash, posts exactly the rows that are
 missing: the rest come back as replays.
 
-Batches go to walletctl_post_batch (migration 0003), one database transaction each, which
-gives every row the guarantees of a single posting.
+Batches go to walletctl_post_batch (walletctl/sql/batch.sql), one database transaction
+each, which gives every row the guarantees of a single posting through the same rules.
+With ``atomic``, the whole file is one batch that posts entirely or not at all.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from walletctl.core import validation
 from walletctl.core.models import Connection, PostingKind
 from walletctl.core.sqlerrors import KEY_CLAIMED_CONCURRENTLY, raise_translated
 from walletctl.errors import ConcurrentRun, InvalidInput, WalletError
+from walletctl.textrules import MAX_ID_LENGTH
 
 FileFormat = Literal["csv", "jsonl"]
 Outcome = Literal["posted", "replayed", "conflict", "insufficient", "not_found", "invalid"]
@@ -45,7 +47,7 @@ DEFAULT_BATCH_SIZE = 5000
 _BATCH_ATTEMPTS = 3
 _FILE_LOCK_CLASS = 0x77_6C  # the first half of the two-int advisory lock: "wl"
 
-BATCH_SQL = "SELECT * FROM walletctl_post_batch(%s, %s, %s, %s, %s, %s, %s, %s)"
+BATCH_SQL = "SELECT * FROM walletctl_post_batch(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +246,7 @@ class _RowValidator:
         elif self.key_prefix:
             # The prefix was checked once; ":<number>" adds nothing but length to check.
             key = f"{self.key_prefix}:{number}"
-            if len(key) > validation.MAX_ID_LENGTH:
+            if len(key) > MAX_ID_LENGTH:
                 validation.idempotency_key(key)
         else:
             raise InvalidInput("no idempotency key: add a key column or pass --key-prefix")
@@ -256,6 +258,10 @@ class _RowValidator:
         if reason not in self.reasons:
             self.reasons.add(validation.reason(reason, required=self.reason_required))
         return BulkRow(line, user, parsed_amount, asset, key, reason or None)
+
+
+class _StoppedByAnother(ConcurrentRun):
+    """A connection of a parallel run stopped because another one failed."""
 
 
 def try_lock_file(conn: Connection, kind: PostingKind, digest: bytes) -> bool:
@@ -270,7 +276,7 @@ def post_rows_in_parallel(
     kind: PostingKind,
     rows: Sequence[BulkRow],
     *,
-    actor: str,
+    on_behalf_of: str | None = None,
     jobs: int,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
@@ -295,7 +301,7 @@ def post_rows_in_parallel(
                         conn,
                         kind,
                         shard,
-                        actor=actor,
+                        on_behalf_of=on_behalf_of,
                         batch_size=batch_size,
                         progress=progress,
                         stop=stop,
@@ -307,7 +313,12 @@ def post_rows_in_parallel(
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(run, shard) for shard in shards if shard]
-        results = [future.result() for future in futures]
+        failures = [future.exception() for future in futures]
+    # The error that stopped the run, not a connection that stopped because of it.
+    causes = [error for error in failures if error is not None]
+    if causes:
+        raise next((e for e in causes if not isinstance(e, _StoppedByAnother)), causes[0])
+    results = [future.result() for future in futures]
     return sorted(
         (outcome for result in results for outcome in result), key=lambda outcome: outcome.line
     )
@@ -318,24 +329,29 @@ def post_rows(
     kind: PostingKind,
     rows: Sequence[BulkRow],
     *,
-    actor: str,
+    on_behalf_of: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    atomic: bool = False,
 ) -> Iterator[RowOutcome]:
     """Post ``rows`` in batches, one database transaction each; yields each row's outcome.
 
-    A crash between batches loses nothing: committed batches are replays next time."""
+    A crash between batches loses nothing: committed batches are replays next time. With
+    ``atomic``, all rows are one batch: every row posts (or replays), or none does and the
+    first row that could not post raises its typed error, naming its line."""
     if batch_size < 1:
         raise InvalidInput("batch size must be at least 1")
-    actor = validation.actor(actor)
+    if atomic:
+        batch_size = max(len(rows), 1)
+    on_behalf_of = validation.on_behalf_of(on_behalf_of)
     for start in range(0, len(rows), batch_size):
         if stop is not None and stop.is_set():
-            raise ConcurrentRun("stopped: another connection of this run failed")
+            raise _StoppedByAnother("stopped: another connection of this run failed")
         batch = rows[start : start + batch_size]
         by_line = {row.line: row for row in batch}
         for line, outcome, transaction_id, balance_after, detail in _post_batch(
-            conn, kind, actor, batch
+            conn, kind, on_behalf_of, batch, atomic=atomic
         ):
             row = by_line[line]
             yield RowOutcome(
@@ -354,17 +370,23 @@ def post_rows(
 
 
 def _post_batch(
-    conn: Connection, kind: PostingKind, actor: str, batch: Sequence[BulkRow]
+    conn: Connection,
+    kind: PostingKind,
+    on_behalf_of: str | None,
+    batch: Sequence[BulkRow],
+    *,
+    atomic: bool,
 ) -> list[tuple[Any, ...]]:
     params = (
         kind,
-        actor,
+        on_behalf_of,
         [row.line for row in batch],
         [row.user_id for row in batch],
         [row.asset for row in batch],
         [row.amount for row in batch],
         [row.idempotency_key for row in batch],
         [row.reason for row in batch],
+        atomic,
     )
     for _ in range(_BATCH_ATTEMPTS):
         try:

@@ -19,7 +19,7 @@ KINDS = ("topup", "bonus", "spend", "reversal")
 # Served by ix_ledger_entries_account_asset_time.
 _STATEMENT_SQL = """
 SELECT e.id AS entry_id, e.transaction_id, e.created_at, t.kind, s.code AS asset, e.amount,
-       e.balance_after, t.reason, t.actor, t.idempotency_key, t.reverses
+       e.balance_after, t.reason, t.actor, t.on_behalf_of, t.idempotency_key, t.reverses
 FROM ledger_entries e
 JOIN transactions t ON t.id = e.transaction_id
 JOIN asset_types s ON s.id = e.asset_id
@@ -34,7 +34,7 @@ LIMIT %(limit)s
 
 _TRANSACTION_SQL = """
 SELECT t.id AS transaction_id, t.kind, a.external_id AS user_id, s.code AS asset, t.amount,
-       t.idempotency_key, t.reason, t.actor, t.reverses, t.created_at,
+       t.idempotency_key, t.reason, t.actor, t.on_behalf_of, t.reverses, t.created_at,
        (SELECT r.id FROM transactions r WHERE r.reverses = t.id) AS reversed_by
 FROM transactions t
 JOIN accounts a ON a.id = t.account_id

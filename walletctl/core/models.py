@@ -29,6 +29,10 @@ class Receipt:
     replayed: bool
     reverses: int | None
     idempotency_key: str
+    actor: str
+    """The database identity that posted it (session_user)."""
+    on_behalf_of: str | None
+    """Whom the actor said it acted for (--actor), if anyone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,7 @@ class StatementLine:
     balance_after: int
     reason: str | None
     actor: str
+    on_behalf_of: str | None
     idempotency_key: str
     reverses: int | None
 
@@ -89,6 +94,7 @@ class TransactionDetail:
     idempotency_key: str
     reason: str | None
     actor: str
+    on_behalf_of: str | None
     reverses: int | None
     reversed_by: int | None
     created_at: datetime

@@ -1,9 +1,12 @@
 """Posting: top-ups, bonuses, spends and reversals.
 
-Each call is one round trip to one server-side function (walletctl_post or
-walletctl_reverse, in the first migration), which runs as one database transaction on an
+Each call is one round trip to one server-side function of the SQL API (walletctl_post
+or walletctl_reverse, in walletctl/sql/posting.sql), which runs as one database transaction on an
 autocommit connection and locks only the user's balance row. The SQL is fixed text, so
 psycopg prepares it once per connection and reuses the plan.
+
+Who posted is not an argument: the database records the identity that logged in
+(session_user). ``on_behalf_of`` is an optional note of whom that identity acted for.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ def topup(
     *,
     asset: str,
     idempotency_key: str,
-    actor: str,
     reason: str | None = None,
+    on_behalf_of: str | None = None,
 ) -> Receipt:
     """Credit ``amount`` bought by the user. Creates the user on their first credit."""
     return post(
@@ -47,8 +50,8 @@ def topup(
         amount,
         asset=asset,
         idempotency_key=idempotency_key,
-        actor=actor,
         reason=reason,
+        on_behalf_of=on_behalf_of,
     )
 
 
@@ -59,8 +62,8 @@ def bonus(
     *,
     asset: str,
     idempotency_key: str,
-    actor: str,
     reason: str,
+    on_behalf_of: str | None = None,
 ) -> Receipt:
     """Credit ``amount`` granted for free (referral, promotion). A reason is required."""
     return post(
@@ -70,8 +73,8 @@ def bonus(
         amount,
         asset=asset,
         idempotency_key=idempotency_key,
-        actor=actor,
         reason=reason,
+        on_behalf_of=on_behalf_of,
     )
 
 
@@ -82,8 +85,8 @@ def spend(
     *,
     asset: str,
     idempotency_key: str,
-    actor: str,
     reason: str | None = None,
+    on_behalf_of: str | None = None,
 ) -> Receipt:
     """Debit ``amount``; raises InsufficientFunds (and writes nothing) if the balance is short."""
     return post(
@@ -93,8 +96,8 @@ def spend(
         amount,
         asset=asset,
         idempotency_key=idempotency_key,
-        actor=actor,
         reason=reason,
+        on_behalf_of=on_behalf_of,
     )
 
 
@@ -106,8 +109,8 @@ def post(
     *,
     asset: str,
     idempotency_key: str,
-    actor: str,
     reason: str | None = None,
+    on_behalf_of: str | None = None,
 ) -> Receipt:
     """Post a top-up, bonus or spend.
 
@@ -124,7 +127,7 @@ def post(
         validation.amount(amount),
         validation.idempotency_key(idempotency_key),
         validation.reason(reason, required=kind == "bonus"),
-        validation.actor(actor),
+        validation.on_behalf_of(on_behalf_of),
     )
     return _call(conn, POST_SQL, params)
 
@@ -134,8 +137,8 @@ def reverse(
     transaction_id: int,
     *,
     idempotency_key: str,
-    actor: str,
     reason: str,
+    on_behalf_of: str | None = None,
 ) -> Receipt:
     """Post the mirror image of a top-up, bonus or spend. A reason is required.
 
@@ -146,7 +149,7 @@ def reverse(
         validation.transaction_id(transaction_id),
         validation.idempotency_key(idempotency_key),
         validation.reason(reason, required=True),
-        validation.actor(actor),
+        validation.on_behalf_of(on_behalf_of),
     )
     return _call(conn, REVERSE_SQL, params)
 

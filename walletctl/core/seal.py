@@ -170,98 +170,24 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
     try:
         previous = latest_checkpoint(conn)
         previous_horizon = previous.horizon if previous else 0
-        previous_hash = previous.hash if previous else ZERO_HASH
         horizon = safe_horizon(conn, wait_seconds=wait_seconds)
         if horizon <= previous_horizon:
             return None
         with conn.transaction():
-            return _write_checkpoint(conn, previous, previous_horizon, previous_hash, horizon)
+            return _write_checkpoint(conn, horizon)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (SEAL_LOCK_ID,))
 
 
-def _write_checkpoint(
-    conn: Connection,
-    previous: Checkpoint | None,
-    previous_horizon: int,
-    previous_hash: bytes,
-    horizon: int,
-) -> Checkpoint:
-    conn.execute(
-        "CREATE TEMPORARY TABLE walletctl_new_blocks ON COMMIT DROP AS "
-        "SELECT * FROM walletctl_seal_blocks(0, 0)"
-    )
-    for after, through in _chunks(previous_horizon, horizon):
-        conn.execute(
-            "INSERT INTO walletctl_new_blocks SELECT * FROM walletctl_seal_blocks(%s, %s)",
-            (after, through),
-        )
-    counts = conn.execute(
-        "SELECT coalesce(sum(transactions), 0)::bigint, coalesce(sum(entries), 0)::bigint "
-        "FROM walletctl_new_blocks"
-    ).fetchone()
-    assert counts is not None
-    transactions, entries = int(counts[0]), int(counts[1])
-    totals = [
-        (int(asset_id), int(entries_total), int(outstanding))
-        for asset_id, entries_total, outstanding in conn.execute(
-            """
-            SELECT coalesce(n.asset_id, p.asset_id),
-                   coalesce(p.entries_total, 0) + coalesce(n.entries_total, 0),
-                   coalesce(p.outstanding, 0) + coalesce(n.outstanding, 0)
-            FROM (SELECT asset_id, sum(amount) AS entries_total,
-                         sum(amount) FILTER (WHERE account_id <> 0) AS outstanding
-                  FROM ledger_entries WHERE transaction_id > %s AND transaction_id <= %s
-                  GROUP BY asset_id) n
-            FULL JOIN (SELECT asset_id, entries_total, outstanding FROM seal_asset_totals
-                       WHERE checkpoint_id = %s) p ON p.asset_id = n.asset_id
-            """,
-            (previous_horizon, horizon, previous.id if previous else None),
-        )
-    ]
-    with conn.cursor() as cursor:
-        digests = (
-            bytes(row[0])
-            for row in cursor.stream("SELECT digest FROM walletctl_new_blocks ORDER BY block")
-        )
-        new_hash = checkpoint_hash(
-            previous_hash, previous_horizon, horizon, transactions, entries, digests, totals
-        )
-    filenodes = conn.execute(_FILENODES_SQL).fetchone()
-    changes = conn.execute(_LEDGER_CHANGES_SQL).fetchone()
-    assert filenodes is not None and changes is not None
+def _write_checkpoint(conn: Connection, horizon: int) -> Checkpoint:
+    # walletctl_seal (walletctl/sql/seal.sql) computes the blocks, the totals and the hash
+    # itself: the caller chooses only how far to seal.
     with conn.cursor(row_factory=dict_row) as cursor:
         row = cursor.execute(
-            f"""
-            INSERT INTO seal_checkpoints
-                (previous_id, previous_horizon, horizon, transactions, entries, previous_hash,
-                 hash, transactions_filenode, ledger_entries_filenode, ledger_changes)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            RETURNING {_CHECKPOINT_COLUMNS}
-            """,
-            (
-                previous.id if previous else None,
-                previous_horizon,
-                horizon,
-                transactions,
-                entries,
-                previous_hash,
-                new_hash,
-                filenodes[0],
-                filenodes[1],
-                changes[0],
-            ),
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM walletctl_seal(%s)", (horizon,)
         ).fetchone()
     assert row is not None
-    checkpoint = _checkpoint(row)
-    conn.execute("INSERT INTO seal_blocks SELECT %s, * FROM walletctl_new_blocks", (checkpoint.id,))
-    with conn.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO seal_asset_totals (checkpoint_id, asset_id, entries_total, outstanding) "
-            "VALUES (%s, %s, %s, %s)",
-            [(checkpoint.id, *total) for total in totals],
-        )
-    return checkpoint
+    return _checkpoint(row)
 
 
 def _chunks(after: int, through: int) -> Iterator[tuple[int, int]]:

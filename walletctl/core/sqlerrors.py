@@ -1,6 +1,6 @@
 """One place that turns the database's errors into walletctl's typed errors.
 
-The posting functions raise SQLSTATEs of class WL (listed in the first migration); the
+The SQL API raises SQLSTATEs of class WL (listed in walletctl/sql/rules.sql); the
 constraints raise the standard ones, recognised by constraint name.
 """
 
@@ -17,11 +17,13 @@ from walletctl.errors import (
     AlreadyExists,
     AlreadyReversed,
     AssetNotFound,
+    Busy,
     DatabaseUnavailable,
     IdempotencyConflict,
     InsufficientFunds,
     InvalidAmount,
     InvalidInput,
+    NotPermitted,
     TransactionNotFound,
     UserNotFound,
     WalletError,
@@ -38,6 +40,28 @@ KEY_CLAIMED_CONCURRENTLY = "WL008"
 INVALID_AMOUNT = "WL009"
 APPEND_ONLY = "WL010"
 UNBALANCED_ENTRIES = "WL011"
+MISSHAPEN_TRANSACTION = "WL012"
+BALANCE_DRIFT = "WL013"
+DUPLICATED_LINE = "WL014"
+
+# Nothing was written, and the same request may simply be sent again.
+_BUSY_SQLSTATES = {
+    "40001": "a serialization failure",
+    "40P01": "a deadlock",
+    "55P03": "a lock timeout",
+    "57014": "a statement timeout or cancellation",
+    "25P03": "an idle-in-transaction timeout",
+}
+
+# Which walletctl roles may call what a refusal names (walletctl/sql/privileges.sql).
+_WHO_MAY = {
+    "walletctl_post": "walletctl_operator or walletctl_service",
+    "walletctl_reverse": "walletctl_operator or walletctl_service",
+    "walletctl_add_asset": "walletctl_operator",
+    "walletctl_post_batch": "walletctl_batch or walletctl_service",
+    "walletctl_seal": "walletctl_batch",
+}
+_READERS = "walletctl_operator, walletctl_batch or walletctl_finance"
 
 
 class KeyClaimedConcurrently(Exception):
@@ -81,14 +105,38 @@ def translate(exc: psycopg.Error) -> Exception:
             )
         if constraint == "uq_asset_types_code":
             return AlreadyExists("that asset code already exists")
-    if isinstance(exc, pg.CheckViolation):
+    if isinstance(exc, pg.CheckViolation) or code in (
+        UNBALANCED_ENTRIES,
+        MISSHAPEN_TRANSACTION,
+        BALANCE_DRIFT,
+        DUPLICATED_LINE,
+    ):
         return InvalidInput(f"refused by the database: {message}")
+    if code in _BUSY_SQLSTATES:
+        return Busy(
+            f"busy: {_BUSY_SQLSTATES[code]} ({message}); nothing was written, retrying with "
+            "the same idempotency key is safe"
+        )
+    if isinstance(exc, pg.InsufficientPrivilege):
+        return NotPermitted(_not_permitted(exc, message))
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnavailable(
             f"lost the database connection: {message} "
             "(if this was a posting, retry it with the same idempotency key)"
         )
     return exc
+
+
+def _not_permitted(exc: psycopg.Error, message: str) -> str:
+    login = exc.pgconn.user.decode() if exc.pgconn is not None and exc.pgconn.user else "?"
+    needed = next(
+        (roles for name, roles in _WHO_MAY.items() if message.endswith(f"function {name}")),
+        _READERS if "for table" in message or "for function" in message else None,
+    )
+    hint = f"; it needs membership in {needed}" if needed else ""
+    return (
+        f"not permitted: {message} (logged in as {login}{hint}: walletctl db grant ROLE --as KIND)"
+    )
 
 
 def raise_translated(exc: psycopg.Error, typed: Exception | None = None) -> NoReturn:

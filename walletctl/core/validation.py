@@ -10,11 +10,18 @@ import re
 from datetime import UTC, datetime
 
 from walletctl.errors import InvalidAmount, InvalidInput
+from walletctl.textrules import (
+    CONTROL_CHARACTERS,
+    EDGE_SPACE,
+    MAX_ID_LENGTH,
+    MAX_REASON_LENGTH,
+    TREASURY_LABEL,
+)
 
 MAX_AMOUNT = 2**63 - 1
-MAX_ID_LENGTH = 200
-MAX_REASON_LENGTH = 1000
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# NUL is a control character here too; PostgreSQL cannot store it at all.
+_CONTROL = re.compile(CONTROL_CHARACTERS.replace("[", "[\\x00", 1))
+_EDGE_SPACE = re.compile(EDGE_SPACE)
 # Also a valid commodity for beancount and hledger: up to 24 characters, ending in a letter
 # or digit.
 _ASSET_CODE = re.compile(r"[A-Z]([A-Z0-9_]{0,22}[A-Z0-9])?")
@@ -49,8 +56,8 @@ def identifier(value: object, what: str) -> str:
         raise InvalidInput(f"{what} must be text, got {value!r}")
     if not value:
         raise InvalidInput(f"{what} must not be empty")
-    if value != value.strip():
-        raise InvalidInput(f"{what} must not start or end with whitespace: {_show(value)}")
+    if _EDGE_SPACE.search(value):
+        raise InvalidInput(f"{what} must not start or end with a space: {_show(value)}")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidInput(f"{what} is {len(value)} characters long, at most {MAX_ID_LENGTH}")
     if _CONTROL.search(value):
@@ -59,15 +66,19 @@ def identifier(value: object, what: str) -> str:
 
 
 def user_id(value: object) -> str:
-    return identifier(value, "user id")
+    checked = identifier(value, "user id")
+    if checked.lower() == TREASURY_LABEL.lower():
+        raise InvalidInput(f"{TREASURY_LABEL!r} names the Treasury and cannot be a user id")
+    return checked
 
 
 def idempotency_key(value: object) -> str:
     return identifier(value, "idempotency key")
 
 
-def actor(value: object) -> str:
-    return identifier(value, "actor")
+def on_behalf_of(value: object) -> str | None:
+    """Whom a posting is for, as the caller says (--actor); optional."""
+    return None if value is None else identifier(value, "actor (on behalf of)")
 
 
 def reason(value: object, *, required: bool) -> str | None:
@@ -79,7 +90,7 @@ def reason(value: object, *, required: bool) -> str | None:
         raise InvalidInput(f"reason must be text, got {value!r}")
     if len(value) > MAX_REASON_LENGTH:
         raise InvalidInput(f"reason is {len(value)} characters long, at most {MAX_REASON_LENGTH}")
-    if _CONTROL.search(value.replace("\t", " ")):
+    if _CONTROL.search(value):
         raise InvalidInput(f"reason contains control characters: {_show(value)}")
     return value
 
@@ -94,11 +105,7 @@ def asset_code(value: object) -> str:
 
 
 def asset_name(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput("asset name must not be empty")
-    if len(value) > MAX_ID_LENGTH or _CONTROL.search(value):
-        raise InvalidInput("asset name must be 1-200 characters without control characters")
-    return value
+    return identifier(value, "asset name")
 
 
 def transaction_id(value: object) -> int:
