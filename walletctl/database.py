@@ -74,10 +74,15 @@ def open_connection(url: str, *, autocommit: bool = True) -> psycopg.Connection[
 
 
 def schema_state(conn: psycopg.Connection[tuple[object, ...]]) -> SchemaState:
-    row = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
-    if row is None or not row[0]:
-        return SchemaState(None)
-    version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    from walletctl.core.sqlerrors import translated
+
+    # A role that is a member of no walletctl role may not even read the revision: that is
+    # NotPermitted (exit 10), said before anything else.
+    with translated():
+        row = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+        if row is None or not row[0]:
+            return SchemaState(None)
+        version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     return SchemaState(str(version[0]) if version else None)
 
 

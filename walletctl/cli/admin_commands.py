@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import suppress
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
@@ -148,6 +149,7 @@ def db_upgrade(ctx: typer.Context) -> None:
 def db_status(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
     from walletctl import database, embedded
     from walletctl.config import mask_url
+    from walletctl.roles import function_drift
 
     out = output.Output(output.choose_mode(json_output=json_output))
     target = state(ctx).target()
@@ -179,9 +181,64 @@ def db_status(ctx: typer.Context, json_output: options.JsonOption = False) -> No
         status["running"] = True
         status["server_version"] = conn.info.parameter_status("server_version")
         revision = database.schema_state(conn).revision
+        drift = function_drift(conn) if revision == database.SCHEMA_HEAD else []
     status["schema_revision"] = revision
     status["schema_current"] = revision == database.SCHEMA_HEAD
+    status["functions_differing"] = drift
     out.record(status, title="walletctl database")
+    if drift:
+        output.message(
+            f"{len(drift)} function(s) differ from this walletctl's SQL at the same revision "
+            f"({', '.join(drift)}): someone replaced them, or this walletctl is another build"
+        )
+
+
+MEMBERSHIP_COLUMNS = (
+    Column("login_role", "Role"),
+    Column("kind", "walletctl role"),
+    Column("can_login", "Can log in"),
+    Column("superuser", "Superuser"),
+)
+KindOption = Annotated[
+    str,
+    typer.Option(
+        "--as", help="operator, batch, service or finance (README: Deploying with least privilege)."
+    ),
+]
+
+
+@db_app.command(
+    "roles",
+    help="Create or update walletctl's group roles and this database's privileges "
+    "(idempotent; a superuser or CREATEROLE the first time), then list who holds them.",
+)
+def db_roles(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
+    from walletctl import roles
+
+    out = output.Output(output.choose_mode(json_output=json_output))
+    with state(ctx).connection() as conn:
+        roles.ensure_roles(conn)
+        members = roles.memberships(conn)
+    output.message(f"roles and privileges are up to date ({', '.join(roles.GROUP_ROLES)})")
+    out.table([asdict(member) for member in members], MEMBERSHIP_COLUMNS, title="walletctl roles")
+
+
+@db_app.command("grant", help="Make a login role a member of walletctl_KIND.")
+def db_grant(ctx: typer.Context, login_role: str, kind: KindOption) -> None:
+    from walletctl import roles
+
+    with state(ctx).connection() as conn:
+        roles.grant(conn, login_role, kind)  # type: ignore[arg-type]
+    output.message(f"granted walletctl_{kind} to {login_role}")
+
+
+@db_app.command("revoke", help="Take walletctl_KIND away from a login role.")
+def db_revoke(ctx: typer.Context, login_role: str, kind: KindOption) -> None:
+    from walletctl import roles
+
+    with state(ctx).connection() as conn:
+        roles.revoke(conn, login_role, kind)  # type: ignore[arg-type]
+    output.message(f"revoked walletctl_{kind} from {login_role}")
 
 
 @db_app.command("stop", help="Stop the embedded server (a server named by URL is left alone).")

@@ -11,6 +11,9 @@
 --   WL006 already reversed          WL012 a transaction is not shaped as its kind requires
 --   WL013 a cached balance differs from its ledger   WL014 duplicated line in a batch
 
+-- The checks below run as walletctl_owner (SECURITY DEFINER): a deferred check fires at
+-- commit, outside the function that wrote, as a role that may not read the tables itself.
+
 -- Invariant 2: the ledger is append-only; corrections are reversals. Accounts, assets and
 -- balance rows are never deleted either, so nothing in the ledger can lose what it refers to.
 CREATE FUNCTION walletctl_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -32,7 +35,8 @@ $$;
 --   existing one: the chain of running balances has no gap and nothing is back-dated.
 -- One check per statement (not per row) keeps bulk posting set-based; the chain costs one
 -- index probe per new user entry (and one per account and asset for "nothing after").
-CREATE FUNCTION walletctl_check_new_entries() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION walletctl_check_new_entries() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_transaction_id bigint;
     v_entry_id bigint;
@@ -101,7 +105,8 @@ $$;
 -- the Treasury; a reversal names a transaction of the same user, asset and amount that is
 -- not itself a reversal; and the recorded actor is the database identity that was logged
 -- in, not a name the caller chose.
-CREATE FUNCTION walletctl_check_new_transaction() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION walletctl_check_new_transaction() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     IF NEW.actor <> session_user
        OR NOT EXISTS (SELECT FROM ledger_entries u
@@ -126,7 +131,8 @@ $$;
 -- balance_after of its account and asset's last entry (0 with none). So balances move only
 -- together with the entry that explains them, whoever writes. Deferred, because a posting
 -- moves the balance (taking the row lock) before it writes the entries.
-CREATE FUNCTION walletctl_check_balance() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION walletctl_check_balance() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_balance bigint;
     v_ledger bigint;
