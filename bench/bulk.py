@@ -11,6 +11,10 @@ each funded once):
 - raw floor: the same file sent by COPY into a staging table, then one INSERT ... SELECT
   writing the same transactions and ledger entries, with no checks at all (no triggers, no
   idempotency lookups, no balance locks or updates);
+- batches, head vs 0003: the same rows sent straight to walletctl_post_batch in batches of
+  5,000 on one connection, today (SECURITY DEFINER, as a walletctl_batch login role, the
+  database's chain, sign, balance and text checks) and as it was at schema revision 0003
+  (running as the caller, a superuser): the cost of least privilege on the bulk path;
 - one posting per row: walletctl.core.posting.bonus in a loop on one connection, over the
   first --single-rows rows (its rate is what matters).
 """
@@ -24,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -53,15 +58,27 @@ SELECT id, 0, 1, -amount, NULL, now() FROM booked
 """
 
 
-def build_template(users: int) -> str:
-    name = f"walletctl_bench_bulk_template_{users}"
+BATCH_ROLE = "walletctl_bench_batch"
+BATCH_SIZE = 5000
+
+
+def build_template(users: int, revision: str = "head") -> str:
+    name = f"walletctl_bench_bulk_template_{users}_{revision}"
     with psycopg.connect(server_url(), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     url = with_database(server_url(), name)
-    migrate.upgrade(url)
+    migrate.upgrade(url, revision)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO asset_types (code, name) VALUES ('GOLD', 'Gold Coins')")
+        if revision == "head":
+            conn.execute("SELECT walletctl_add_asset('GOLD', 'Gold Coins')")
+            if not conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (BATCH_ROLE,)
+            ).fetchone():
+                conn.execute(f"CREATE ROLE {BATCH_ROLE} LOGIN")
+            conn.execute(f"GRANT walletctl_batch TO {BATCH_ROLE}")
+        else:
+            conn.execute("INSERT INTO asset_types (code, name) VALUES ('GOLD', 'Gold Coins')")
         conn.execute(
             "SELECT walletctl_post('topup', 'user-' || g, 'GOLD', 1000, 'fund-' || g, NULL, "
             "'bench') FROM generate_series(1, %s) g",
@@ -127,6 +144,34 @@ def run_raw_floor(url: str, file: Path) -> float:
     return time.perf_counter() - began
 
 
+def run_batches(url: str, file: Path, revision: str) -> float:
+    """The file's rows straight to walletctl_post_batch, as today or as at 0003."""
+    lines = file.read_text().splitlines()[1:]
+    rows = [(number, *line.split(",")) for number, line in enumerate(lines, start=1)]
+    # The same call at both revisions: (kind, actor at 0003 / on behalf of today, rows...).
+    sql = "SELECT count(*) FROM walletctl_post_batch('bonus', 'bench', %s, %s, %s, %s, %s, %s)"
+    if revision == "head":
+        parts = urlsplit(url)
+        url = urlunsplit(parts._replace(netloc=f"{BATCH_ROLE}@{parts.netloc.rpartition('@')[2]}"))
+    with psycopg.connect(url) as conn:
+        began = time.perf_counter()
+        for start in range(0, len(rows), BATCH_SIZE):
+            batch = rows[start : start + BATCH_SIZE]
+            conn.execute(
+                sql,
+                (
+                    [row[0] for row in batch],
+                    [row[1] for row in batch],
+                    ["GOLD"] * len(batch),
+                    [int(row[2]) for row in batch],
+                    [f"batch:{row[0]}" for row in batch],
+                    ["bench"] * len(batch),
+                ),
+            ).fetchone()
+            conn.commit()
+        return time.perf_counter() - began
+
+
 def run_single(url: str, file: Path, rows: int) -> float:
     lines = file.read_text().splitlines()[1 : rows + 1]
     with psycopg.connect(url, autocommit=True) as conn:
@@ -139,7 +184,7 @@ def run_single(url: str, file: Path, rows: int) -> float:
                 int(amount),
                 asset="GOLD",
                 idempotency_key=f"one:{number}",
-                actor="bench",
+                on_behalf_of="bench",
                 reason="bench",
             )
         return time.perf_counter() - began
@@ -153,31 +198,39 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    template = build_template(args.users)
-    seconds: dict[str, list[float]] = {"cli": [], "raw": [], "single": []}
+    templates = {"head": build_template(args.users), "0003": build_template(args.users, "0003")}
+    seconds: dict[str, list[float]] = {
+        "cli": [],
+        "raw": [],
+        "batches": [],
+        "batches-0003": [],
+        "single": [],
+    }
     try:
         with tempfile.TemporaryDirectory() as folder:
             file = Path(folder) / "bonuses.csv"
             write_rows(file, args.rows, args.users)
             for round_number in range(1, args.rounds + 1):
-                for design, run in (
-                    ("raw", lambda url: run_raw_floor(url, file)),
-                    ("cli", lambda url: run_cli(url, file)),
-                    ("single", lambda url: run_single(url, file, args.single_rows)),
+                for design, revision, run in (
+                    ("raw", "head", lambda url: run_raw_floor(url, file)),
+                    ("cli", "head", lambda url: run_cli(url, file)),
+                    ("batches", "head", lambda url: run_batches(url, file, "head")),
+                    ("batches-0003", "0003", lambda url: run_batches(url, file, "0003")),
+                    ("single", "head", lambda url: run_single(url, file, args.single_rows)),
                 ):
-                    with scratch_database(template) as url:
+                    with scratch_database(templates[revision]) as url:
                         seconds[design].append(run(url))
                     print(
                         f"  round {round_number} {design:6} {seconds[design][-1]:.2f} s", flush=True
                     )
     finally:
         with psycopg.connect(server_url(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+            for template in templates.values():
+                admin.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
 
     rates = {
-        "raw": args.rows / median(seconds["raw"]),
-        "cli": args.rows / median(seconds["cli"]),
-        "single": args.single_rows / median(seconds["single"]),
+        design: (args.single_rows if design == "single" else args.rows) / median(timings)
+        for design, timings in seconds.items()
     }
     columns = ["design", "rows", "median seconds", "rows/s", "vs raw floor"]
     rows = [
@@ -194,6 +247,20 @@ def main() -> None:
             f"{median(seconds['cli']):.2f}",
             f"{rates['cli']:,.0f}",
             f"{rates['cli'] / rates['raw']:.2f}x",
+        ],
+        [
+            "batches of 5,000, today (walletctl_batch role)",
+            f"{args.rows:,}",
+            f"{median(seconds['batches']):.2f}",
+            f"{rates['batches']:,.0f}",
+            f"{rates['batches'] / rates['raw']:.2f}x",
+        ],
+        [
+            "batches of 5,000, revision 0003 (superuser)",
+            f"{args.rows:,}",
+            f"{median(seconds['batches-0003']):.2f}",
+            f"{rates['batches-0003']:,.0f}",
+            f"{rates['batches-0003'] / rates['raw']:.2f}x",
         ],
         [
             "one posting per row (core, 1 connection)",

@@ -48,6 +48,8 @@ class Timing:
     operations: int
     seconds: float
     latencies: Sequence[float]
+    server_cpu_seconds: float = 0.0
+    """CPU time of the clients' server backends, for workers that report it."""
 
     @property
     def throughput(self) -> float:
@@ -68,14 +70,15 @@ class Timing:
         return self.percentile(0.99) * 1000
 
 
-Worker = Callable[[int, float], tuple[int, list[float]]]
-"""worker(index, deadline) -> (operations, latencies); runs in its own process."""
+Worker = Callable[[int, float], tuple[Any, ...]]
+"""worker(index, deadline) -> (operations, latencies[, server CPU seconds]); runs in its own
+process."""
 
 
 def _run_worker(worker: Worker, index: int, barrier: Any, start_at: Any, results: Any) -> None:
     barrier.wait()
-    count, latencies = worker(index, start_at.value)
-    results.put((count, latencies, time.monotonic()))
+    count, latencies, *cpu = worker(index, start_at.value)
+    results.put((count, latencies, time.monotonic(), cpu[0] if cpu else 0.0))
 
 
 def run_clients(worker: Worker, clients: int, seconds: float) -> Timing:
@@ -101,9 +104,14 @@ def run_clients(worker: Worker, clients: int, seconds: float) -> Timing:
         process.join()
         if process.exitcode != 0:
             raise RuntimeError(f"a benchmark client failed (exit {process.exitcode})")
-    elapsed = max(finished for _, _, finished in outcomes) - begin
-    latencies = [latency for _, measured, _ in outcomes for latency in measured]
-    return Timing(sum(count for count, _, _ in outcomes), elapsed, latencies)
+    elapsed = max(outcome[2] for outcome in outcomes) - begin
+    latencies = [latency for outcome in outcomes for latency in outcome[1]]
+    return Timing(
+        sum(outcome[0] for outcome in outcomes),
+        elapsed,
+        latencies,
+        sum(outcome[3] for outcome in outcomes),
+    )
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -8,9 +8,18 @@ Designs, each on an identical copy of one template database:
   SELECT ... FOR UPDATE the Treasury and the user in ascending id order, the balance as
   SUM over the user's ledger entries, insert the transaction and its two entries, commit.
   Plain tables with foreign keys, no triggers.
-- core: walletctl.core.posting.post, one round trip to walletctl_post.
-- core+fk: the core with foreign keys from transactions and ledger_entries to accounts and
-  asset_types added back, to show what leaving them out buys.
+- core-0003: the core as it was before least privilege (schema revision 0003): functions
+  running as the caller, who needs write privileges on the tables; no chain, sign,
+  cached-balance or text checks in the database. Called as a superuser.
+- core: today's walletctl_post (SECURITY DEFINER, the rules of walletctl/sql/rules.sql),
+  called as a login role that is only a member of walletctl_operator, as a deployment does.
+- core+fk: today's core with foreign keys from transactions and ledger_entries to accounts
+  and asset_types added back, to show what leaving them out buys.
+
+Both core variants send the same text, "SELECT * FROM walletctl_post(...)", prepared,
+from the same client loop, so their difference is the server's. Each run also reports the
+server's CPU time per posting (bench/server_cpu.py), which the clients sharing the two
+cores cannot distort.
 
 Workloads: "spread" picks a random user of --users for every posting; "hot" posts to one
 user. Both: 60% top-ups of 1-100, 40% spends of 1-50 (users start with 1,000,000, so spends
@@ -41,6 +50,7 @@ from bench.common import (
     scratch_database,
     server_url,
 )
+from bench.server_cpu import backend_cpu_seconds
 from walletctl import migrate
 from walletctl.core import posting
 
@@ -73,6 +83,8 @@ CREATE INDEX ON seed.ledger_entries (account_id, asset_id);
 INSERT INTO seed.asset_types VALUES (1, 'GOLD');
 INSERT INTO seed.accounts VALUES (0, NULL);
 """
+
+OPERATOR_ROLE = "walletctl_bench_operator"
 
 SEED_USERS = """
 INSERT INTO seed.accounts SELECT g, 'u' || g FROM generate_series(1, %(users)s) g;
@@ -154,9 +166,10 @@ def seed_post(conn: psycopg.Connection[Any], kind: str, user: str, amount: int, 
         return int(txn_row[0])
 
 
-def build_template(users: int) -> str:
-    """A template database with both designs' schemas and --users funded users each."""
-    name = f"walletctl_bench_posting_template_{users}"
+def build_template(users: int, revision: str = "head") -> str:
+    """A template database at ``revision`` with the seed design's schema beside it, and
+    --users funded users in each."""
+    name = f"walletctl_bench_posting_template_{users}_{revision}"
     admin_url = server_url()
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -164,12 +177,20 @@ def build_template(users: int) -> str:
     from bench.common import with_database
 
     url = with_database(admin_url, name)
-    migrate.upgrade(url)
+    migrate.upgrade(url, revision)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SEED_SCHEMA)
         for statement in SEED_USERS.strip().split(";\n"):
             conn.execute(statement, {"users": users, "start": START_BALANCE})
-        conn.execute("INSERT INTO asset_types (code, name) VALUES ('GOLD', 'Gold Coins')")
+        if revision == "head":
+            conn.execute("SELECT walletctl_add_asset('GOLD', 'Gold Coins')")
+            if not conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (OPERATOR_ROLE,)
+            ).fetchone():
+                conn.execute(f"CREATE ROLE {OPERATOR_ROLE} LOGIN")
+            conn.execute(f"GRANT walletctl_operator TO {OPERATOR_ROLE}")
+        else:
+            conn.execute("INSERT INTO asset_types (code, name) VALUES ('GOLD', 'Gold Coins')")
         conn.execute(
             "SELECT walletctl_post('topup', 'u' || g, 'GOLD', %s, 'fund-' || g, NULL, 'bench') "
             "FROM generate_series(1, %s) g",
@@ -179,13 +200,21 @@ def build_template(users: int) -> str:
     return name
 
 
+def as_operator(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{OPERATOR_ROLE}@{parts.netloc.rpartition('@')[2]}"))
+
+
 def make_worker(
     url: str, design: str, users: int, hot: bool
-) -> Callable[[int, float], tuple[int, list[float]]]:
-    def worker(index: int, deadline: float) -> tuple[int, list[float]]:
+) -> Callable[[int, float], tuple[int, list[float], float]]:
+    def worker(index: int, deadline: float) -> tuple[int, list[float], float]:
         rng = random.Random(index * 7919 + users)
         latencies: list[float] = []
         with psycopg.connect(url, autocommit=(design != "seed")) as conn:
+            cpu_before = backend_cpu_seconds(conn)
             while time.monotonic() < deadline:
                 user = "u1" if hot else f"u{rng.randint(1, users)}"
                 kind = "topup" if rng.random() < 0.6 else "spend"
@@ -195,17 +224,16 @@ def make_worker(
                 if design == "seed":
                     seed_post(conn, kind, user, amount, key)
                 else:
-                    posting.post(
-                        conn,
-                        kind,
-                        user,
-                        amount,
-                        asset="GOLD",  # type: ignore[arg-type]
-                        idempotency_key=key,
-                        actor="bench",
-                    )
+                    conn.execute(
+                        posting.POST_SQL,
+                        (kind, user, "GOLD", amount, key, None, "bench"),
+                        prepare=True,
+                    ).fetchone()
                 latencies.append(time.perf_counter() - began)
-        return len(latencies), latencies
+            if design == "seed":
+                conn.commit()  # the CPU read below is a query: leave no transaction open
+            cpu = backend_cpu_seconds(conn) - cpu_before
+        return len(latencies), latencies, cpu
 
     return worker
 
@@ -242,15 +270,21 @@ def run_pgbench(url: str, users: int, seconds: float) -> float | None:
     raise RuntimeError(f"pgbench printed no tps:\n{result.stdout}\n{result.stderr}")
 
 
-def measure(template: str, design: str, workload: str, clients: int, args: Any) -> Timing:
+def measure(
+    templates: dict[str, str], design: str, workload: str, clients: int, args: Any
+) -> tuple[Timing, float]:
+    """One run: its timing, and the server's CPU seconds per posting."""
+    template = templates["0003" if design == "core-0003" else "head"]
     with scratch_database(template) as url:
         if design == "core+fk":
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(CORE_FOREIGN_KEYS)
+        client_url = as_operator(url) if design in ("core", "core+fk") else url
         worker = make_worker(
-            url, "seed" if design == "seed" else "core", args.users, hot=workload == "hot"
+            client_url, "seed" if design == "seed" else "core", args.users, hot=workload == "hot"
         )
-        return run_clients(worker, clients, args.seconds)
+        timing = run_clients(worker, clients, args.seconds)
+        return timing, timing.server_cpu_seconds / max(timing.operations, 1)
 
 
 def main() -> None:
@@ -264,12 +298,15 @@ def main() -> None:
     )
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--designs", nargs="+", default=["seed", "core", "core+fk"])
+    parser.add_argument("--designs", nargs="+", default=["seed", "core-0003", "core", "core+fk"])
     args = parser.parse_args()
 
-    print(f"building the template ({args.users} users, both designs)...")
-    template = build_template(args.users)
+    print(f"building the templates ({args.users} users; revision 0003 and head)...")
+    templates = {"head": build_template(args.users)}
+    if "core-0003" in args.designs:
+        templates["0003"] = build_template(args.users, "0003")
     runs: dict[tuple[str, int, str], list[Timing]] = {}
+    cpu: dict[tuple[str, int, str], list[float]] = {}
     overhead: dict[str, list[float]] = {"pgbench": [], "core": []}
     try:
         # Rounds on the outside, so that a noisy minute hurts every design alike.
@@ -277,32 +314,47 @@ def main() -> None:
             for workload in ("spread", "hot"):
                 for clients in args.clients:
                     for design in args.designs:
-                        timing = measure(template, design, workload, clients, args)
+                        timing, cpu_per_posting = measure(
+                            templates, design, workload, clients, args
+                        )
                         runs.setdefault((workload, clients, design), []).append(timing)
+                        cpu.setdefault((workload, clients, design), []).append(cpu_per_posting)
                         print(
                             f"  round {round_number} {workload:6} {clients:3} clients "
-                            f"{design:8} {timing.throughput:8.0f} postings/s",
+                            f"{design:9} {timing.throughput:8.0f} postings/s "
+                            f"{cpu_per_posting * 1e6:6.0f} us server CPU/posting",
                             flush=True,
                         )
-            with scratch_database(template) as url:
-                tps = run_pgbench(url, args.users, args.seconds)
+            with scratch_database(templates["head"]) as url:
+                tps = run_pgbench(as_operator(url), args.users, args.seconds)
             if tps is not None:
                 overhead["pgbench"].append(tps)
-                overhead["core"].append(measure(template, "core", "spread", 1, args).throughput)
+                overhead["core"].append(measure(templates, "core", "spread", 1, args)[0].throughput)
     finally:
         with psycopg.connect(server_url(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+            for template in templates.values():
+                admin.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
 
     def summary(timings: list[Timing]) -> tuple[float, Timing]:
         pooled = Timing(0, 1, [latency for timing in timings for latency in timing.latencies])
         return median([timing.throughput for timing in timings]), pooled
 
-    columns = ["workload", "clients", "design", "postings/s", "p50 ms", "p99 ms", "vs seed"]
+    columns = [
+        "workload",
+        "clients",
+        "design",
+        "postings/s",
+        "p50 ms",
+        "p99 ms",
+        "vs seed",
+        "vs core-0003",
+        "server CPU us/posting",
+    ]
     rows = []
     for (workload, clients, design), timings in runs.items():
         throughput, pooled = summary(timings)
         seed = runs.get((workload, clients, "seed"))
-        ratio = f"{throughput / summary(seed)[0]:.2f}x" if seed else ""
+        before = runs.get((workload, clients, "core-0003"))
         rows.append(
             [
                 workload,
@@ -311,7 +363,9 @@ def main() -> None:
                 f"{throughput:,.0f}",
                 f"{pooled.p50_ms:.2f}",
                 f"{pooled.p99_ms:.2f}",
-                ratio,
+                f"{throughput / summary(seed)[0]:.2f}x" if seed else "",
+                f"{throughput / summary(before)[0]:.2f}x" if before else "",
+                f"{median(cpu[(workload, clients, design)]) * 1e6:.0f}",
             ]
         )
     title = (

@@ -59,6 +59,7 @@ class FileRequest:
     actor: str | None
     validate_only: bool
     skip_invalid: bool
+    atomic: bool
     report: Path | None
     max_total: int | None
     batch_size: int
@@ -82,6 +83,8 @@ def run_file(ctx: typer.Context, kind: PostingKind, request: FileRequest) -> Non
 
     if request.fmt is not None and request.fmt not in ("csv", "jsonl"):
         raise InvalidInput(f"--format must be csv or jsonl, got {request.fmt!r}")
+    if request.atomic and request.skip_invalid:
+        raise InvalidInput("--atomic posts every row or none: it does not go with --skip-invalid")
     out = output.Output(output.choose_mode(json_output=request.json_output))
     data, name = _read(request.path)
     parsed = bulk.parse_file(
@@ -178,9 +181,17 @@ def _post(
                             on_behalf_of=actor,
                             batch_size=request.batch_size,
                             progress=advance,
+                            atomic=request.atomic,
                         )
                     )
                 output.message("dry run: nothing was written")
+            elif request.atomic:
+                # One batch on one connection: its locks are taken in one sorted order.
+                outcomes = list(
+                    bulk.post_rows(
+                        conn, kind, parsed.rows, on_behalf_of=actor, progress=advance, atomic=True
+                    )
+                )
             else:
                 outcomes = bulk.post_rows_in_parallel(
                     state(ctx).connection,

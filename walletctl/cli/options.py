@@ -103,6 +103,14 @@ ValidateOnlyOption = Annotated[
 SkipInvalidOption = Annotated[
     bool, typer.Option("--skip-invalid", help="Post the valid rows even if some are invalid.")
 ]
+AtomicOption = Annotated[
+    bool,
+    typer.Option(
+        "--atomic",
+        help="All rows or none: one database transaction; the first row that cannot post "
+        "stops the file, and nothing is written.",
+    ),
+]
 ReportOption = Annotated[
     Path | None,
     typer.Option(

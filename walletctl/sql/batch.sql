@@ -56,12 +56,13 @@ BEGIN
                WHEN r.amount IS NULL OR r.amount <= 0 THEN 'invalid_amount'
                WHEN row_number() OVER (PARTITION BY r.idempotency_key ORDER BY r.line) > 1
                    THEN 'duplicate_key'
-               WHEN s.id IS NULL THEN 'asset_not_found'
-               WHEN p_kind = 'bonus' AND r.reason IS NULL THEN 'reason_required'
+               -- In the order walletctl_post_one decides them: the key, then the asset.
                WHEN t.id IS NOT NULL
                     AND walletctl_same_request(t, p_kind, a.id, s.id, r.amount, NULL)
                    THEN 'replayed'
                WHEN t.id IS NOT NULL THEN 'conflict'
+               WHEN s.id IS NULL THEN 'asset_not_found'
+               WHEN p_kind = 'bonus' AND r.reason IS NULL THEN 'reason_required'
                WHEN v_sign < 0 AND a.id IS NULL THEN 'not_found'
            END AS outcome,
            t.id AS prior_id,
