@@ -15,7 +15,7 @@ from walletctl import roles
 from walletctl.core import assets, posting
 
 from .cli_helpers import Cli
-from .conftest import create_login_role, drop_login_role, with_user
+from .conftest import _with_database, create_login_role, drop_login_role, with_user
 from .helpers import ledger_snapshot
 
 Conn = psycopg.Connection[Any]
@@ -269,3 +269,35 @@ def _file(tmp_path: Any) -> Any:
     path = tmp_path / "promo.csv"
     path.write_text("user,amount,asset,key\nerin,5,GOLD,p1\nfrank,6,GOLD,p2\n")
     return path
+
+
+def test_a_member_of_walletctl_owner_migrates_a_database_the_owner_owns(
+    server_url: str, database_url: str
+) -> None:
+    # `db upgrade` by a non-superuser: it migrates as walletctl_owner, so what it creates
+    # belongs to the owner; a role that is not a member is told it may not.
+    suffix = uuid.uuid4().hex[:6]
+    migrator, stranger = f"walletctl_test_migrator_{suffix}", f"walletctl_test_stranger_{suffix}"
+    name = f"walletctl_owned_{suffix}"
+    create_login_role(server_url, migrator, "owner")
+    create_login_role(server_url, stranger)
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" OWNER walletctl_owner')
+    url = _with_database(server_url, name)
+    try:
+        refused = Cli(with_user(url, stranger))("db", "upgrade")
+        assert refused.exit_code == 10, refused.output
+        assert Cli(with_user(url, migrator))("db", "upgrade").exit_code == 0
+        with psycopg.connect(url) as conn:
+            owners = conn.execute(
+                "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class "
+                "WHERE relnamespace = 'public'::regnamespace UNION "
+                "SELECT DISTINCT pg_get_userbyid(proowner) FROM pg_proc "
+                "WHERE pronamespace = 'public'::regnamespace"
+            ).fetchall()
+        assert owners == [("walletctl_owner",)]
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_login_role(server_url, migrator)
+        drop_login_role(server_url, stranger)

@@ -43,9 +43,21 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate to ``revision``. A refusal by the database (a role that may not migrate, say)
+    is raised as walletctl's typed error, NotPermitted for a missing privilege."""
     from alembic import command
+    from sqlalchemy.exc import DBAPIError
 
-    command.upgrade(alembic_config(url), revision)
+    from walletctl.core.sqlerrors import raise_translated
+
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except DBAPIError as exc:
+        import psycopg
+
+        if isinstance(exc.orig, psycopg.Error):
+            raise_translated(exc.orig)
+        raise
 
 
 def downgrade(url: str, revision: str) -> None:
