@@ -40,6 +40,7 @@ SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_transaction_id bigint;
     v_entry_id bigint;
+    v_user_entries bigint;
 BEGIN
     SELECT n.transaction_id INTO v_transaction_id
     FROM new_entries n
@@ -65,31 +66,52 @@ BEGIN
             USING ERRCODE = 'WL011';
     END IF;
 
-    WITH chain AS (
-        SELECT n.id, n.account_id, n.asset_id, n.amount, n.balance_after, n.created_at,
-               lag(n.id) OVER w AS previous_new_id,
-               row_number() OVER w = count(*) OVER (PARTITION BY n.account_id, n.asset_id)
-                   AS last_new
+    -- The chain. One user entry (a single posting, the usual statement): the two newest
+    -- entries of its account and asset must be this one and the one it continues, which
+    -- is one short index scan. More (a batch): each new entry against the entry before it,
+    -- and nothing existing after the last new one.
+    SELECT count(*) FILTER (WHERE n.account_id <> 0) INTO v_user_entries FROM new_entries n;
+    IF v_user_entries = 1 THEN
+        SELECT n.id INTO v_entry_id
         FROM new_entries n
+        CROSS JOIN LATERAL (
+            SELECT array_agg(l.id ORDER BY l.created_at DESC, l.id DESC) AS ids,
+                   array_agg(l.balance_after ORDER BY l.created_at DESC, l.id DESC) AS balances
+            FROM (SELECT e.id, e.created_at, e.balance_after FROM ledger_entries e
+                  WHERE e.account_id = n.account_id AND e.asset_id = n.asset_id
+                  ORDER BY e.created_at DESC, e.id DESC
+                  LIMIT 2) l
+        ) newest
         WHERE n.account_id <> 0
-        WINDOW w AS (PARTITION BY n.account_id, n.asset_id ORDER BY n.created_at, n.id)
-    )
-    SELECT c.id INTO v_entry_id
-    FROM chain c
-    LEFT JOIN LATERAL (
-        SELECT p.id, p.balance_after FROM ledger_entries p
-        WHERE p.account_id = c.account_id AND p.asset_id = c.asset_id
-          AND (p.created_at, p.id) < (c.created_at, c.id)
-        ORDER BY p.created_at DESC, p.id DESC
-        LIMIT 1
-    ) previous ON true
-    WHERE coalesce(previous.balance_after, 0) + c.amount IS DISTINCT FROM c.balance_after
-       OR (c.previous_new_id IS NOT NULL AND previous.id IS DISTINCT FROM c.previous_new_id)
-       OR (c.last_new AND EXISTS (
-               SELECT FROM ledger_entries x
-               WHERE x.account_id = c.account_id AND x.asset_id = c.asset_id
-                 AND (x.created_at, x.id) > (c.created_at, c.id)))
-    LIMIT 1;
+          AND (newest.ids[1] <> n.id
+               OR coalesce(newest.balances[2], 0) + n.amount IS DISTINCT FROM n.balance_after);
+    ELSE
+        WITH chain AS (
+            SELECT n.id, n.account_id, n.asset_id, n.amount, n.balance_after, n.created_at,
+                   lag(n.id) OVER w AS previous_new_id,
+                   row_number() OVER w = count(*) OVER (PARTITION BY n.account_id, n.asset_id)
+                       AS last_new
+            FROM new_entries n
+            WHERE n.account_id <> 0
+            WINDOW w AS (PARTITION BY n.account_id, n.asset_id ORDER BY n.created_at, n.id)
+        )
+        SELECT c.id INTO v_entry_id
+        FROM chain c
+        LEFT JOIN LATERAL (
+            SELECT p.id, p.balance_after FROM ledger_entries p
+            WHERE p.account_id = c.account_id AND p.asset_id = c.asset_id
+              AND (p.created_at, p.id) < (c.created_at, c.id)
+            ORDER BY p.created_at DESC, p.id DESC
+            LIMIT 1
+        ) previous ON true
+        WHERE coalesce(previous.balance_after, 0) + c.amount IS DISTINCT FROM c.balance_after
+           OR (c.previous_new_id IS NOT NULL AND previous.id IS DISTINCT FROM c.previous_new_id)
+           OR (c.last_new AND EXISTS (
+                   SELECT FROM ledger_entries x
+                   WHERE x.account_id = c.account_id AND x.asset_id = c.asset_id
+                     AND (x.created_at, x.id) > (c.created_at, c.id)))
+        LIMIT 1;
+    END IF;
     IF FOUND THEN
         RAISE EXCEPTION 'ledger entry % does not continue the running balance of its account (balance_after must be the previous balance_after plus the amount, and nothing may be back-dated)',
             v_entry_id
@@ -108,11 +130,10 @@ $$;
 CREATE FUNCTION walletctl_check_new_transaction() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
+    -- Both entries: (transaction_id, account_id) is unique and the entries' trigger allows
+    -- only the user and the Treasury, so two entries are exactly those two.
     IF NEW.actor <> session_user
-       OR NOT EXISTS (SELECT FROM ledger_entries u
-                      WHERE u.transaction_id = NEW.id AND u.account_id = NEW.account_id)
-       OR NOT EXISTS (SELECT FROM ledger_entries r
-                      WHERE r.transaction_id = NEW.id AND r.account_id = 0)
+       OR (SELECT count(*) FROM ledger_entries e WHERE e.transaction_id = NEW.id) <> 2
        OR (NEW.reverses IS NOT NULL AND NOT EXISTS (
                SELECT FROM transactions target
                WHERE target.id = NEW.reverses AND target.kind <> 'reversal'
@@ -137,13 +158,15 @@ DECLARE
     v_balance bigint;
     v_ledger bigint;
 BEGIN
-    SELECT b.balance INTO v_balance FROM balances b
+    SELECT b.balance,
+           coalesce((SELECT e.balance_after FROM ledger_entries e
+                     WHERE e.account_id = b.account_id AND e.asset_id = b.asset_id
+                     ORDER BY e.created_at DESC, e.id DESC
+                     LIMIT 1), 0)
+    INTO v_balance, v_ledger
+    FROM balances b
     WHERE b.account_id = NEW.account_id AND b.asset_id = NEW.asset_id;
-    SELECT e.balance_after INTO v_ledger FROM ledger_entries e
-    WHERE e.account_id = NEW.account_id AND e.asset_id = NEW.asset_id
-    ORDER BY e.created_at DESC, e.id DESC
-    LIMIT 1;
-    IF v_balance IS DISTINCT FROM coalesce(v_ledger, 0) THEN
+    IF v_balance IS DISTINCT FROM v_ledger THEN
         RAISE EXCEPTION 'the cached balance of account % asset % would be %, its ledger says %',
             NEW.account_id, NEW.asset_id, v_balance, coalesce(v_ledger, 0)
             USING ERRCODE = 'WL013';
