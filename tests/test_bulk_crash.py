@@ -88,7 +88,7 @@ def assert_every_row_once(url: str, expected: dict[str, int]) -> None:
 def env(clean_db: str) -> dict[str, str]:
     environment = {
         "WALLETCTL_DATABASE_URL": clean_db,
-        "WALLETCTL_CONFIG": "/nonexistent",
+        "WALLETCTL_CONFIG": os.devnull,  # no config file
         "WALLETCTL_ACTOR": "cron",
     }
     assert run_process("asset", "add", "GOLD", "Gold Coins", env=environment).exit_code == 0
@@ -162,7 +162,7 @@ def test_postgresql_restarted_mid_run_then_run_again(data_dir: Path, tmp_path: P
     env = {
         "WALLETCTL_DATABASE_URL": "",
         "WALLETCTL_DATA_DIR": str(data_dir),
-        "WALLETCTL_CONFIG": "/nonexistent",
+        "WALLETCTL_CONFIG": os.devnull,  # no config file
         "WALLETCTL_ACTOR": "cron",
     }
     try:
