@@ -16,8 +16,14 @@ import pytest
 
 from walletctl import embedded
 
+from . import embedded_helpers
 from .cli_helpers import run_process
 from .helpers import assert_ledger_consistent
+
+# Data folders the embedded server's account can reach as root (conftest's are in a 0700
+# folder, and walletctl never widens one).
+open_tmp = embedded_helpers.open_tmp
+data_dir = embedded_helpers.data_dir
 
 ROWS = 12_000
 USERS = 500
