@@ -9,6 +9,7 @@ create under /tmp with mode 0755, and remove it afterwards.
 
 from __future__ import annotations
 
+import compileall
 import os
 import pwd
 import shutil
@@ -130,11 +131,14 @@ def _copy_sources(destination: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(package, destination / "walletctl", ignore=ignore)
     shutil.copytree(migrate.migrations_dir(), destination / "migrations", ignore=ignore)
+    # Compiled once here: the user runs with PYTHONDONTWRITEBYTECODE and would otherwise
+    # compile walletctl again on every command.
+    compileall.compile_dir(destination, quiet=1)
     for folder, dirs, files in os.walk(destination):
         os.chmod(folder, 0o755)
         for name in files:
             os.chmod(os.path.join(folder, name), 0o644)
-        del dirs  # walked anyway
+        del dirs  # os.walk descends into them anyway
 
 
 def _interpreters() -> list[str]:

