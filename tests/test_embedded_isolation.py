@@ -282,3 +282,16 @@ def test_a_data_folder_path_the_shell_would_reinterpret_is_refused(open_tmp: Pat
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
     assert "must be an absolute path without" in result.stderr
     assert not data_dir.exists() and not (open_tmp / "pwned").exists()
+
+
+def test_a_data_folder_others_can_change_is_refused(open_tmp: Path) -> None:
+    """Another user could swap a world-writable data folder (or one in a world-writable
+    parent without the sticky bit) for their own, with their own server in it."""
+    shared = open_tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # made by this test
+    for data_dir in (shared / "data", shared):
+        result = run_process("balance", "alice", env=embedded_env(data_dir))
+        assert result.exit_code == 6 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert "mode 777" in result.stderr
+        assert not embedded.pgdata_path(data_dir).exists()

@@ -195,13 +195,18 @@ def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
 
 def _require_private_socket_dir(socket_dir: Path, pgdata: Path) -> None:
     try:
-        folder = os.lstat(socket_dir)
         owner = os.stat(pgdata).st_uid
+        folder = os.lstat(socket_dir)
     except OSError as exc:
         raise DatabaseUnavailable(
             f"the embedded server's socket folder {socket_dir} is gone ({exc.strerror}); "
             "stop the server (`walletctl db stop`) and run the command again"
         ) from None
+    if owner != os.geteuid() and os.geteuid() != 0:
+        raise DatabaseUnavailable(
+            f"{pgdata} belongs to {_user_name(owner)}, not to you: walletctl connects only "
+            "to an embedded server of your own"
+        )
     if (
         not stat.S_ISDIR(folder.st_mode)
         or folder.st_uid != owner
@@ -358,6 +363,7 @@ def _make_parents(data_dir: Path, account: _Account) -> None:
         folder = folder.parent
     for existing in (folder, *folder.parents):
         _require_searchable(existing, account, data_dir)
+        _require_not_replaceable(existing, data_dir)
     for new in reversed(missing):
         with suppress(FileExistsError):
             os.mkdir(new, 0o755)
@@ -386,12 +392,45 @@ def _require_searchable(folder: Path, account: _Account, data_dir: Path) -> None
         )
 
 
+def _require_not_replaceable(folder: Path, data_dir: Path) -> None:
+    """A parent that any user may write to, without the sticky bit (which /tmp has), would
+    let another user swap the data folder for one of their own."""
+    mode = os.stat(folder).st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise DatabaseUnavailable(
+            f"{folder} can be changed by any user (mode {stat.S_IMODE(mode):o}, no sticky "
+            f"bit), so another user could replace the data folder {data_dir}; choose a data "
+            "folder under folders only their owners can change"
+        )
+
+
+def _require_owned(folder: Path, account: _Account) -> None:
+    """An existing data folder must belong to this user or the server's account, and no
+    one else may change it."""
+    info = os.stat(folder)
+    if info.st_uid not in (os.geteuid(), account.uid) or info.st_mode & 0o022:
+        owner = _user_name(info.st_uid)
+        raise DatabaseUnavailable(
+            f"{folder} belongs to {owner} with mode {stat.S_IMODE(info.st_mode):o}: the "
+            "embedded server's folders must belong to you (as root: to you or the server's "
+            "system user) and be writable by no one else"
+        )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"user id {uid}"
+
+
 def _make_private_dir(path: Path, account: _Account) -> None:
     """Create ``path`` as a folder only ``account`` can enter (0700), atomically: it is
     prepared under a temporary name and renamed into place, so a command racing with this
     one never sees it half made. An existing folder is left as it is."""
     if path.is_dir():
         _require_searchable(path, account, path)
+        _require_owned(path, account)
         return
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
