@@ -99,7 +99,7 @@ def run_cli(url: str, file: Path) -> float:
     env = {
         **os.environ,
         "WALLETCTL_DATABASE_URL": url,
-        "WALLETCTL_CONFIG": "/nonexistent",
+        "WALLETCTL_CONFIG": os.devnull,  # no config file
         "WALLETCTL_ACTOR": "bench",
     }
     began = time.perf_counter()

@@ -27,7 +27,7 @@ class Cli:
         self.env = {
             "WALLETCTL_DATABASE_URL": database_url,
             "WALLETCTL_ACTOR": "tester",
-            "WALLETCTL_CONFIG": "/nonexistent/walletctl.toml",
+            "WALLETCTL_CONFIG": os.devnull,  # no config file
             **(env or {}),
         }
         self.runner = CliRunner(env=self.env)

@@ -16,8 +16,14 @@ import pytest
 
 from walletctl import embedded
 
+from . import embedded_helpers
 from .cli_helpers import run_process
 from .helpers import assert_ledger_consistent
+
+# Data folders the embedded server's account can reach as root (conftest's are in a 0700
+# folder, and walletctl never widens one).
+open_tmp = embedded_helpers.open_tmp
+data_dir = embedded_helpers.data_dir
 
 ROWS = 12_000
 USERS = 500
@@ -88,7 +94,7 @@ def assert_every_row_once(url: str, expected: dict[str, int]) -> None:
 def env(clean_db: str) -> dict[str, str]:
     environment = {
         "WALLETCTL_DATABASE_URL": clean_db,
-        "WALLETCTL_CONFIG": "/nonexistent",
+        "WALLETCTL_CONFIG": os.devnull,  # no config file
         "WALLETCTL_ACTOR": "cron",
     }
     assert run_process("asset", "add", "GOLD", "Gold Coins", env=environment).exit_code == 0
@@ -162,7 +168,7 @@ def test_postgresql_restarted_mid_run_then_run_again(data_dir: Path, tmp_path: P
     env = {
         "WALLETCTL_DATABASE_URL": "",
         "WALLETCTL_DATA_DIR": str(data_dir),
-        "WALLETCTL_CONFIG": "/nonexistent",
+        "WALLETCTL_CONFIG": os.devnull,  # no config file
         "WALLETCTL_ACTOR": "cron",
     }
     try:

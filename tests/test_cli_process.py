@@ -26,7 +26,7 @@ def env(clean_db: str) -> dict[str, str]:
     environment = {
         "WALLETCTL_DATABASE_URL": clean_db,
         "WALLETCTL_ACTOR": "tester",
-        "WALLETCTL_CONFIG": "/nonexistent/walletctl.toml",
+        "WALLETCTL_CONFIG": os.devnull,  # no config file
         "COLUMNS": "160",
     }
     assert run_process("asset", "add", "GOLD", "Gold Coins", env=environment).exit_code == 0

@@ -139,3 +139,43 @@ def test_every_command_refuses_a_schema_behind_head(server_url: str) -> None:
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _no_fallback_cli(database_url: str, config: str, tmp_path: Path) -> Cli:
+    # If the config file were skipped, the command would fall back to an embedded server
+    # in a folder that cannot exist (under a regular file), and fail with exit 6.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    return Cli(
+        database_url,
+        env={
+            "WALLETCTL_DATABASE_URL": "",
+            "WALLETCTL_CONFIG": config,
+            "WALLETCTL_DATA_DIR": str(blocker / "data"),
+        },
+    )
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "fifo", "empty url"])
+def test_a_config_source_that_cannot_be_read_is_exit_2_naming_it(
+    database_url: str, tmp_path: Path, kind: str
+) -> None:
+    import os
+
+    path = tmp_path / "config.toml"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "empty url":
+        path.write_text('database_url = ""\n')
+    result = _no_fallback_cli(database_url, str(path), tmp_path)("asset", "list")
+    assert result.exit_code == 2, result.output
+    assert str(path) in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_dev_null_is_no_config_file(database_url: str, tmp_path: Path) -> None:
+    import os
+
+    result = Cli(database_url, env={"WALLETCTL_CONFIG": os.devnull})("asset", "list")
+    assert result.exit_code == 0, result.output

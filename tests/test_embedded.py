@@ -11,19 +11,17 @@ import pytest
 
 from walletctl import embedded
 
+from . import embedded_helpers
 from .cli_helpers import run_process
+from .embedded_helpers import embedded_env
+
+# Data folders the server's account can reach as root (conftest's are under a 0700 folder).
+open_tmp = embedded_helpers.open_tmp
+data_dir = embedded_helpers.data_dir
 
 pytestmark = pytest.mark.embedded
 
-
-def _env(data_dir: Path) -> dict[str, str]:
-    # No URL anywhere: the embedded default is what is left.
-    return {
-        "WALLETCTL_DATABASE_URL": "",
-        "WALLETCTL_DATA_DIR": str(data_dir),
-        "WALLETCTL_CONFIG": str(data_dir.parent / "no-config.toml"),
-        "WALLETCTL_ACTOR": "tester",
-    }
+_env = embedded_env
 
 
 def test_embedded_default_from_nothing(data_dir: Path) -> None:
@@ -35,7 +33,13 @@ def test_embedded_default_from_nothing(data_dir: Path) -> None:
 
         added = run_process("asset", "add", "GOLD", "Gold Coins", env=env)
         assert added.exit_code == 0, added.stderr
-        assert run_process("topup", "alice", "300", "--key", "t1", env=env).exit_code == 0
+        # The command that creates the server says where the data lives and that the
+        # server keeps running; later commands reuse it and say nothing of it.
+        assert "created and started the embedded PostgreSQL server" in added.stderr
+        assert str(embedded.pgdata_path(data_dir)) in added.stderr
+        assert "`walletctl db stop`" in added.stderr
+        topup = run_process("topup", "alice", "300", "--key", "t1", env=env)
+        assert topup.exit_code == 0 and "embedded" not in topup.stderr
         spent = run_process("spend", "alice", "120", "--json", env=env)
         assert spent.exit_code == 0, spent.stderr
         assert json.loads(spent.stdout)["balance_after"] == 180
@@ -62,9 +66,12 @@ def test_embedded_default_from_nothing(data_dir: Path) -> None:
     status = json.loads(run_process("db", "status", "--json", env=env).stdout)
     assert status["running"] is False
 
-    # A later invocation starts it again and finds the same ledger.
+    # A later invocation starts it again (and says so) and finds the same ledger.
     try:
-        again = json.loads(run_process("balance", "alice", "--json", env=env).stdout)
+        restarted = run_process("balance", "alice", "--json", env=env)
+        assert "started the embedded PostgreSQL server" in restarted.stderr
+        assert "created" not in restarted.stderr
+        again = json.loads(restarted.stdout)
         assert again["balances"][0]["balance"] == 180
     finally:
         run_process("db", "stop", env=env)
@@ -102,12 +109,25 @@ def test_invocations_at_the_same_moment_start_one_server(data_dir: Path) -> None
         run_process("db", "stop", env=env)
 
 
-def test_the_demo_runs_on_the_embedded_default(data_dir: Path) -> None:
+def test_the_demo_runs_on_the_embedded_default_once_in_a_database_of_its_own(
+    data_dir: Path,
+) -> None:
     env = _env(data_dir)
     try:
-        demo = run_process("demo", env=env)
-        assert demo.exit_code == 0, demo.stderr
-        assert "zero_sum_per_transaction\tPASS" in demo.stdout
-        assert "demo-user\tGOLD\t430" in demo.stdout
+        first = run_process("demo", env=env)
+        assert first.exit_code == 0, first.stderr
+        assert "zero_sum_per_transaction\tPASS" in first.stdout
+        assert "demo-user\tGOLD\t430" in first.stdout
+        # Fixed keys: a second run replays the three postings instead of adding three more.
+        second = run_process("demo", env=env)
+        assert second.exit_code == 0, second.stderr
+        assert "demo-user\tGOLD\t430" in second.stdout
+        assert second.stderr.count("already posted by an earlier demo") == 3
+        assert second.stdout.count("\tdemo-demo-user-") == 3  # the statement's three rows
+        # The ledger walletctl keeps for real work is untouched by the demo.
+        assets = run_process("asset", "list", "--json", env=env)
+        assert assets.exit_code == 0 and json.loads(assets.stdout) == []
+        users = run_process("user", "list", "--json", env=env)
+        assert users.exit_code == 0 and users.stdout.strip() == ""
     finally:
         run_process("db", "stop", env=env)

@@ -7,6 +7,7 @@ config file's ``database_url`` > the embedded server in the data directory.
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,18 +55,61 @@ def config_path() -> Path:
     return platformdirs.user_config_path(APP_NAME) / "config.toml"
 
 
+def read_config_text(path: Path, *, required: bool) -> str | None:
+    """The config file's text; None when there is none and none was asked for.
+
+    ``$WALLETCTL_CONFIG`` names a file the operator meant: missing, a folder or a FIFO is
+    an error, never a silent fallback to the embedded ledger (``/dev/null`` says "no
+    config file"). The default location may simply not exist. Opened without blocking and
+    checked before reading, so a FIFO cannot hang the command.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if required:
+            raise InvalidInput(f"config file {path} (WALLETCTL_CONFIG) does not exist") from None
+        return None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISCHR(mode) and os.path.realpath(path) == os.devnull:
+            return ""
+        if not stat.S_ISREG(mode):
+            raise InvalidInput(f"config file {path} is not a regular file ({_file_kind(mode)})")
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read config file {path}: {exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
 def load_settings() -> Settings:
     """Read the config file (if any) and the environment.
 
-    A config file that cannot be parsed is an error, not something to skip silently: the
-    operator meant something by it.
+    A config file that cannot be read or parsed is an error, not something to skip
+    silently: the operator meant something by it.
     """
     path = config_path()
     values: dict[str, object] = {}
-    if path.is_file():
+    text = read_config_text(path, required=bool(os.environ.get("WALLETCTL_CONFIG")))
+    if text:
         try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"cannot read config file {path}: {exc}") from exc
     unknown = set(values) - {"database_url", "data_dir", "confirm_above"}
     if unknown:
@@ -74,14 +118,18 @@ def load_settings() -> Settings:
     database_url = values.get("database_url")
     if database_url is not None and not isinstance(database_url, str):
         raise InvalidInput(f"config file {path}: database_url must be a string")
+    if database_url is not None and not database_url.strip():
+        raise InvalidInput(
+            f"config file {path}: database_url is empty; remove the key to use the embedded server"
+        )
     data_dir = os.environ.get("WALLETCTL_DATA_DIR") or values.get("data_dir")
     if data_dir is not None and not isinstance(data_dir, str):
         raise InvalidInput(f"config file {path}: data_dir must be a string")
     confirm_above = _confirm_above(values.get("confirm_above"), path)
     return Settings(
         config_path=path,
-        database_url=database_url or None,
-        data_dir=Path(data_dir).expanduser() if data_dir else None,
+        database_url=database_url,
+        data_dir=Path(data_dir).expanduser().absolute() if data_dir else None,
         confirm_above=confirm_above,
     )
 
@@ -113,7 +161,7 @@ def resolve_target(option_url: str | None, settings: Settings) -> DatabaseTarget
         return DatabaseTarget("--database-url", validate_url(option_url), None)
     if env_url:
         return DatabaseTarget("WALLETCTL_DATABASE_URL", validate_url(env_url), None)
-    if settings.database_url:
+    if settings.database_url is not None:
         return DatabaseTarget("config file", validate_url(settings.database_url), None)
     return DatabaseTarget("embedded", None, settings.data_dir or default_data_dir())
 
@@ -121,9 +169,10 @@ def resolve_target(option_url: str | None, settings: Settings) -> DatabaseTarget
 def default_data_dir() -> Path:
     """Where the embedded server keeps its files.
 
-    As root the server runs as a separate system user (PostgreSQL refuses root), and the
-    wheel opens read and traverse permission on every parent of the data folder; under
-    /var/lib that widens nothing, under /root it would open /root to every user.
+    As root the server runs as a separate system user (PostgreSQL refuses root), which
+    must be able to reach the folder without any existing folder being opened to it:
+    /var/lib is open to every user, /root is not. So root has one data folder per
+    machine, whatever HOME is (WALLETCTL_DATA_DIR chooses another).
     """
     if os.geteuid() == 0:
         return Path("/var/lib") / APP_NAME

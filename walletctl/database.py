@@ -36,20 +36,25 @@ class SchemaState:
         return self.revision == SCHEMA_HEAD
 
 
-def target_url(target: DatabaseTarget) -> str:
+def target_url(target: DatabaseTarget, notify: embedded.Notify | None = None) -> str:
     """The URL to connect to. For the embedded target: start the server (first time:
-    initialise it) and create walletctl's database in it."""
+    initialise it) and create walletctl's database in it; ``notify`` hears about a server
+    this call created or started."""
     if target.url is not None:
         return target.url
-    url, conn = _embedded(target)
+    url, conn = _embedded(target, notify)
     conn.close()
     return url
 
 
-def _embedded(target: DatabaseTarget) -> tuple[str, psycopg.Connection[tuple[object, ...]]]:
+def _embedded(
+    target: DatabaseTarget,
+    notify: embedded.Notify | None,
+    database: str = embedded.EMBEDDED_DATABASE,
+) -> tuple[str, psycopg.Connection[tuple[object, ...]]]:
     assert target.data_dir is not None
-    url = embedded.ensure_running(target.data_dir).url()
-    return url, _open_embedded(url)
+    server = embedded.ensure_running(target.data_dir, notify)
+    return server.url(database), _open_embedded(server, database)
 
 
 def open_connection(url: str, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
@@ -101,14 +106,20 @@ def require_current_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None
 
 
 @contextmanager
-def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def connect(
+    target: DatabaseTarget,
+    notify: embedded.Notify | None = None,
+    *,
+    embedded_database: str = embedded.EMBEDDED_DATABASE,
+) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """An autocommit connection to a database whose schema is current.
 
-    The embedded database belongs to walletctl, so it is created and migrated on the spot;
-    a server named by URL is never changed without `walletctl db upgrade`.
+    The embedded server's databases belong to walletctl, so they are created and migrated
+    on the spot (``embedded_database`` names which one: the demo keeps its own); a server
+    named by URL is never changed without `walletctl db upgrade`.
     """
     if target.url is None:
-        url, conn = _embedded(target)
+        url, conn = _embedded(target, notify, embedded_database)
     else:
         url = target.url
         conn = open_connection(url)
@@ -123,30 +134,32 @@ def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection[tuple[object,
         conn.close()
 
 
-def _open_embedded(url: str) -> psycopg.Connection[tuple[object, ...]]:
+def _open_embedded(
+    server: embedded.RunningServer, database: str
+) -> psycopg.Connection[tuple[object, ...]]:
     import psycopg
 
     try:
-        return open_connection(url)
+        return open_connection(server.url(database))
     except DatabaseUnavailable as exc:
         if not isinstance(exc.__context__, psycopg.OperationalError) or (
-            f'database "{embedded.EMBEDDED_DATABASE}" does not exist' not in str(exc)
+            f'database "{database}" does not exist' not in str(exc)
         ):
             raise
-    create_embedded_database(url)
-    return open_connection(url)
+    create_embedded_database(server, database)
+    return open_connection(server.url(database))
 
 
-def create_embedded_database(url: str) -> None:
-    """Create the walletctl database in the embedded server; a racing creator may win."""
+def create_embedded_database(server: embedded.RunningServer, database: str) -> None:
+    """Create a database in the embedded server; a racing creator may win."""
     import psycopg
+    from psycopg import sql
 
-    maintenance_url = url.replace(f"/{embedded.EMBEDDED_DATABASE}?", "/postgres?", 1)
     with (
-        open_connection(maintenance_url) as admin,
+        open_connection(server.url("postgres")) as admin,
         suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation),
     ):
-        admin.execute(f'CREATE DATABASE "{embedded.EMBEDDED_DATABASE}"')
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from contextlib import suppress
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -46,16 +45,32 @@ def asset_add(
     ctx: typer.Context,
     code: Annotated[str, typer.Argument(help="e.g. GOLD", show_default=False)],
     name: Annotated[str, typer.Argument(help="e.g. 'Gold Coins'", show_default=False)],
+    if_not_exists: Annotated[
+        bool,
+        typer.Option(
+            "--if-not-exists",
+            help="An asset with this code already there is fine (exit 0, left unchanged).",
+        ),
+    ] = False,
     json_output: options.JsonOption = False,
 ) -> None:
     from walletctl.core import assets
+    from walletctl.errors import AlreadyExists
 
     out = output.Output(output.choose_mode(json_output=json_output))
+    title = "Asset added"
     with state(ctx).connection() as conn:
-        asset = assets.add_asset(conn, code, name)
+        try:
+            asset = assets.add_asset(conn, code, name)
+        except AlreadyExists:
+            if not if_not_exists:
+                raise
+            asset = next(a for a in assets.list_assets(conn) if a.code == code)
+            title = "Asset already there"
+            output.message(f"asset {code} already exists (named {asset.name!r}); left unchanged")
     out.record(
         {"code": asset.code, "name": asset.name, "created_at": asset.created_at},
-        title="Asset added",
+        title=title,
     )
 
 
@@ -131,7 +146,7 @@ def user_show(
 def db_upgrade(ctx: typer.Context) -> None:
     from walletctl import database, migrate
 
-    url = database.target_url(state(ctx).target())
+    url = database.target_url(state(ctx).target(), output.message)
     with database.open_connection(url) as conn:
         before = database.schema_state(conn).revision
     migrate.upgrade(url)
@@ -253,14 +268,32 @@ def db_stop(ctx: typer.Context) -> None:
         output.message(f"the embedded server in {embedded.pgdata_path(data_dir)} was not running")
 
 
+DEMO_DATABASE = "walletctl_demo"
+"""The embedded server's database for the demo: the demo never writes to the ledger
+walletctl keeps for real work."""
+
+
 @app.command(
     help="Show the main job end to end: a top-up, a bonus and a spend for a sample "
-    "user, then the balance, the statement and the reconcile table."
+    "user, then the balance, the statement and the reconcile table. With the embedded "
+    f"server it uses a database of its own ({DEMO_DATABASE}); pointed at a configured "
+    "server it refuses unless --yes. Its postings have fixed keys: a second run replays "
+    "them instead of posting again."
 )
 def demo(
     ctx: typer.Context,
     user: Annotated[str, typer.Option("--user", help="The sample user.")] = "demo-user",
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Post the demo into the configured server's ledger (rows there can never "
+            "be deleted).",
+        ),
+    ] = False,
 ) -> None:
+    from walletctl import database
     from walletctl.cli.finance_commands import show_reconcile_report
     from walletctl.cli.report_commands import (
         BALANCE_COLUMNS,
@@ -268,14 +301,22 @@ def demo(
         balance_rows,
         statement_rows,
     )
+    from walletctl.config import mask_url
     from walletctl.core import assets, balances, history, posting
     from walletctl.core.reconcile import reconcile
-    from walletctl.errors import AlreadyExists
+    from walletctl.errors import AlreadyExists, Refused
 
+    target = state(ctx).target()
+    if not target.embedded and not yes:
+        assert target.url is not None
+        raise Refused(
+            f"demo would post sample transactions into {mask_url(target.url)} (from "
+            f"{target.source}), where they can never be deleted; run it on the embedded "
+            "server (no URL configured) or confirm with --yes"
+        )
     out = output.Output(output.choose_mode())
-    run = uuid.uuid4().hex[:8]
     actor = options.on_behalf_of(None)
-    with state(ctx).connection() as conn:
+    with database.connect(target, output.message, embedded_database=DEMO_DATABASE) as conn:
         with suppress(AlreadyExists):
             assets.add_asset(conn, "GOLD", "Gold Coins")
         for receipt in (
@@ -284,7 +325,7 @@ def demo(
                 user,
                 500,
                 asset="GOLD",
-                idempotency_key=f"demo-{run}-topup",
+                idempotency_key=f"demo-{user}-topup",
                 on_behalf_of=actor,
                 reason="demo purchase",
             ),
@@ -293,7 +334,7 @@ def demo(
                 user,
                 50,
                 asset="GOLD",
-                idempotency_key=f"demo-{run}-bonus",
+                idempotency_key=f"demo-{user}-bonus",
                 on_behalf_of=actor,
                 reason="demo welcome bonus",
             ),
@@ -302,13 +343,14 @@ def demo(
                 user,
                 120,
                 asset="GOLD",
-                idempotency_key=f"demo-{run}-spend",
+                idempotency_key=f"demo-{user}-spend",
                 on_behalf_of=actor,
                 reason="demo purchase in the app",
             ),
         ):
+            done = "already posted by an earlier demo" if receipt.replayed else "posted"
             output.message(
-                f"{receipt.kind} of {receipt.amount} GOLD: transaction "
+                f"{receipt.kind} of {receipt.amount} GOLD {done}: transaction "
                 f"{receipt.transaction_id}, balance {receipt.balance_after}"
             )
         out.table(

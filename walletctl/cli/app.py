@@ -131,7 +131,7 @@ class State:
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         from walletctl.database import connect
 
-        with connect(self.target()) as conn:
+        with connect(self.target(), output.message) as conn:
             yield conn
 
 
