@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from walletctl import embedded
@@ -43,6 +44,17 @@ def test_embedded_default_from_nothing(data_dir: Path) -> None:
         spent = run_process("spend", "alice", "120", "--json", env=env)
         assert spent.exit_code == 0, spent.stderr
         assert json.loads(spent.stdout)["balance_after"] == 180
+        # The owner works with least privilege, as on a shared server: the actor is the
+        # embedded login role, which cannot write around the posting functions.
+        assert json.loads(spent.stdout)["actor"] == "walletctl_local"
+        server = embedded.running_server(data_dir)
+        assert server is not None
+        with psycopg.connect(server.url(user="walletctl_local"), autocommit=True) as local:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                local.execute("UPDATE balances SET balance = balance + 1000")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                local.execute("ALTER TABLE balances DISABLE TRIGGER ALL")
+        assert run_process("db", "roles", env=env).exit_code == 0
 
         balance = json.loads(run_process("balance", "alice", "--json", env=env).stdout)
         assert balance["balances"] == [

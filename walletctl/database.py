@@ -105,33 +105,81 @@ def require_current_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None
     )
 
 
+EMBEDDED_LOGIN_ROLE = "walletctl_local"
+"""The embedded server's everyday login: its owner's commands run with least privilege
+(operator, batch and finance), as on a shared server; only the db commands that change the
+schema or the roles log in as the server's superuser."""
+
+_EMBEDDED_LOGIN_SQL = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walletctl_local') THEN
+        CREATE ROLE walletctl_local LOGIN;
+    END IF;
+END
+$$;
+GRANT walletctl_operator, walletctl_batch, walletctl_finance TO walletctl_local;
+"""
+
+
 @contextmanager
 def connect(
     target: DatabaseTarget,
     notify: embedded.Notify | None = None,
     *,
     embedded_database: str = embedded.EMBEDDED_DATABASE,
+    admin: bool = False,
 ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """An autocommit connection to a database whose schema is current.
 
     The embedded server's databases belong to walletctl, so they are created and migrated
-    on the spot (``embedded_database`` names which one: the demo keeps its own); a server
+    on the spot (``embedded_database`` names which one: the demo keeps its own), and its
+    owner works as ``walletctl_local`` unless ``admin`` (schema and role changes); a server
     named by URL is never changed without `walletctl db upgrade`.
     """
     if target.url is None:
-        url, conn = _embedded(target, notify, embedded_database)
+        conn = _embedded_connection(target, notify, embedded_database, admin=admin)
     else:
-        url = target.url
-        conn = open_connection(url)
+        conn = open_connection(target.url)
     try:
-        if target.embedded and not schema_state(conn).current:
-            from walletctl import migrate
-
-            migrate.upgrade(url)
         require_current_schema(conn)
         yield conn
     finally:
         conn.close()
+
+
+def _embedded_connection(
+    target: DatabaseTarget, notify: embedded.Notify | None, database: str, *, admin: bool
+) -> psycopg.Connection[tuple[object, ...]]:
+    """The embedded database, migrated, as its superuser (``admin``) or walletctl_local.
+
+    A warm command logs in once, as walletctl_local; the first command (no database, no
+    role yet) and the first after an upgrade of walletctl set things up as the superuser."""
+    assert target.data_dir is not None
+    server = embedded.ensure_running(target.data_dir, notify)
+    if not admin:
+        try:
+            conn = open_connection(server.url(database, user=EMBEDDED_LOGIN_ROLE))
+        except DatabaseUnavailable:
+            conn = None  # no database or no role yet: set them up below
+        if conn is not None:
+            if schema_state(conn).current:
+                return conn
+            conn.close()
+    superuser = _open_embedded(server, database)
+    try:
+        if not schema_state(superuser).current:
+            from walletctl import migrate
+
+            migrate.upgrade(server.url(database))
+        superuser.execute(_EMBEDDED_LOGIN_SQL)
+    except BaseException:
+        superuser.close()
+        raise
+    if admin:
+        return superuser
+    superuser.close()
+    return open_connection(server.url(database, user=EMBEDDED_LOGIN_ROLE))
 
 
 def _open_embedded(

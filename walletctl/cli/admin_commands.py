@@ -231,7 +231,7 @@ def db_roles(ctx: typer.Context, json_output: options.JsonOption = False) -> Non
     from walletctl import roles
 
     out = output.Output(output.choose_mode(json_output=json_output))
-    with state(ctx).connection() as conn:
+    with state(ctx).connection(admin=True) as conn:
         roles.ensure_roles(conn)
         members = roles.memberships(conn)
     output.message(f"roles and privileges are up to date ({', '.join(roles.GROUP_ROLES)})")
@@ -242,7 +242,7 @@ def db_roles(ctx: typer.Context, json_output: options.JsonOption = False) -> Non
 def db_grant(ctx: typer.Context, login_role: str, kind: KindOption) -> None:
     from walletctl import roles
 
-    with state(ctx).connection() as conn:
+    with state(ctx).connection(admin=True) as conn:
         roles.grant(conn, login_role, kind)  # type: ignore[arg-type]
     output.message(f"granted walletctl_{kind} to {login_role}")
 
@@ -251,7 +251,7 @@ def db_grant(ctx: typer.Context, login_role: str, kind: KindOption) -> None:
 def db_revoke(ctx: typer.Context, login_role: str, kind: KindOption) -> None:
     from walletctl import roles
 
-    with state(ctx).connection() as conn:
+    with state(ctx).connection(admin=True) as conn:
         roles.revoke(conn, login_role, kind)  # type: ignore[arg-type]
     output.message(f"revoked walletctl_{kind} from {login_role}")
 

@@ -128,10 +128,12 @@ class State:
         return resolve_target(self.database_url, self.settings)
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self, *, admin: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for a command; ``admin`` for the db commands that change the schema
+        or the roles (on the embedded server: its superuser instead of walletctl_local)."""
         from walletctl.database import connect
 
-        with connect(self.target(), output.message) as conn:
+        with connect(self.target(), output.message, admin=admin) as conn:
             yield conn
 
 
