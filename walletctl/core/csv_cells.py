@@ -28,15 +28,12 @@ def neutralised(cell: str) -> str:
     return cell
 
 
-def _sql_literal(text: str) -> str:
-    # E'' literals with the characters as code points: no quoting question can arise.
-    return "E'" + "".join(f"\\x{ord(char):02x}" for char in text) + "'"
-
-
 def neutralised_sql(column: str) -> str:
-    """A SQL expression: the text ``column`` with the same rule applied."""
-    starts = ", ".join(_sql_literal(char) for char in FORMULA_STARTS)
+    """A SQL expression: the text ``column`` with the same rule applied. The first
+    character is compared by its code (ascii() gives the code point in UTF-8): no text is
+    built and no collation consulted for the many cells that start with none of them."""
+    starts = ", ".join(str(ord(char)) for char in FORMULA_STARTS)
     return (
-        f"CASE WHEN left({column}, 1) IN ({starts}) AND {column} !~ '^{_PLAIN_NUMBER}$' "
+        f"CASE WHEN ascii({column}) IN ({starts}) AND {column} !~ '^{_PLAIN_NUMBER}$' "
         f"THEN '''' || {column} ELSE {column} END"
     )
