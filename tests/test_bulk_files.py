@@ -218,6 +218,27 @@ def test_json_values_that_are_not_one_value_are_bad_rows(
     assert skipped.exit_code == 9 and outcomes(skipped)["posted"] == 1
 
 
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ('{"user": "alice", "amount": 1, "asset": 0}', "asset code must be"),
+        ('{"user": "alice", "amount": 1, "asset": false}', "asset code must be"),
+        ('{"user": "alice", "amount": 1, "key": 0}', "use one of them"),
+        ('{"user": "alice", "amount": 1, "reason": false}', "reason must be text"),
+    ],
+)
+def test_a_json_zero_or_false_is_a_wrong_value_not_a_missing_one(line: str, error: str) -> None:
+    parsed = bulk.parse_file(
+        (line + "\n").encode(),
+        name="rows.jsonl",
+        kind="topup",
+        default_asset="GOLD",
+        key_prefix="p",
+        default_reason="default",
+    )
+    assert not parsed.rows and error in parsed.invalid[0].error
+
+
 def test_an_oversized_csv_field_is_a_bad_row(cli: Cli, db: Conn, tmp_path: Path) -> None:
     huge = "x" * 200_000
     path = tmp_path / "rows.csv"

@@ -271,14 +271,15 @@ class _RowValidator:
             parsed_amount = validation.parse_amount(amount)
         else:
             parsed_amount = validation.amount(amount)
-        asset = asset or self.default_asset
-        if not asset:
+        asset = asset if _given(asset) else self.default_asset
+        if not _given(asset):
             raise InvalidInput("no asset: add an asset column or pass --asset")
-        if key and self.key_prefix:
+        has_key = _given(key)
+        if has_key and self.key_prefix:
             raise InvalidInput("the row has a key and --key-prefix was given: use one of them")
-        if not key and not self.key_prefix:
+        if not has_key and not self.key_prefix:
             raise InvalidInput("no idempotency key: add a key column or pass --key-prefix")
-        reason = reason or self.default_reason
+        reason = reason if _given(reason) else self.default_reason
         # Each distinct value is checked once; the user is checked before it goes into a key.
         if user not in self.users:
             self.users.add(validation.user_id(user))
@@ -286,7 +287,7 @@ class _RowValidator:
             self.assets.add(validation.asset_code(asset))
         if reason not in self.reasons:
             self.reasons.add(validation.reason(reason, required=self.reason_required))
-        if key:
+        if has_key:
             key = validation.idempotency_key(key)
         else:
             assert self.key_prefix is not None
@@ -297,6 +298,12 @@ class _RowValidator:
             if len(key) > validation.MAX_ID_LENGTH:
                 validation.idempotency_key(key)
         return BulkRow(line, user, parsed_amount, asset, key, reason or None)
+
+
+def _given(value: Any) -> bool:
+    """A field is absent when missing or empty; a JSON 0 or false is a value (and a wrong
+    one), not a reason to fall back on a default."""
+    return value is not None and value != ""
 
 
 def derived_key(prefix: str, user: str, asset: str, amount: int, occurrence: int) -> str:
