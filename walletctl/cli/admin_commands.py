@@ -112,10 +112,13 @@ def user_list(
     ] = None,
     json_output: options.JsonOption = False,
     csv_output: options.CsvOption = False,
+    raw_csv: options.RawCsvOption = False,
 ) -> None:
     from walletctl.core import users
 
-    out = output.Output(output.choose_mode(json_output=json_output, csv_output=csv_output))
+    out = output.Output(
+        output.choose_mode(json_output=json_output, csv_output=csv_output, raw_csv=raw_csv)
+    )
     with state(ctx).connection() as conn:
         out.table(
             (

@@ -1,9 +1,12 @@
 """topup|bonus|spend --file: validate a whole file, then post it in batches.
 
-Order of business: read and validate every row (nothing is posted while any row is bad,
-unless --skip-invalid); --max-total and the confirmation threshold; the file's lock (a
-second run of the same file at the same moment exits 8); the batches; the report; the
-summary. Exit 0 when every row was posted or replayed, 9 when some were not.
+Order of business: check that the report can be written; read the file (from stdin, a
+last line without its newline is refused as possibly cut short); validate every row, in
+itself and then against the ledger (unknown assets, and for spends unknown users, are bad
+rows too); nothing is posted while any row is bad, unless --skip-invalid; --max-total and
+the confirmation threshold; the file's lock (a second run of the same file at the same
+moment exits 8); the batches; the report; the summary. Exit 0 when every row was posted or
+replayed, 9 when some were not.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import typer
 from walletctl.cli import options, output
 from walletctl.cli.app import state
 from walletctl.cli.exit_codes import ExitCode
-from walletctl.cli.files import atomic_text_file
+from walletctl.cli.files import atomic_text_file, check_writable
 from walletctl.errors import ConcurrentRun, InvalidInput, Refused
 
 if TYPE_CHECKING:
     from walletctl.core.bulk import InvalidRow, ParsedFile, RowOutcome
-    from walletctl.core.models import PostingKind
+    from walletctl.core.models import Connection, PostingKind
 
 SHOWN_INVALID = 50
 REPORT_FIELDS = (
@@ -67,11 +70,18 @@ class FileRequest:
     yes: bool
     dry_run: bool
     json_output: bool
+    raw_csv: bool = False
+    allow_unterminated: bool = False
 
 
-def _read(path: str) -> tuple[bytes, str]:
+def _read(path: str, *, allow_unterminated: bool) -> tuple[bytes, str]:
     if path == "-":
-        return sys.stdin.buffer.read(), "<stdin>"
+        from walletctl.core.bulk import check_terminated
+
+        data = sys.stdin.buffer.read()
+        if not allow_unterminated:
+            check_terminated(data, "<stdin>")
+        return data, "<stdin>"
     try:
         return Path(path).read_bytes(), path
     except OSError as exc:
@@ -86,7 +96,9 @@ def run_file(ctx: typer.Context, kind: PostingKind, request: FileRequest) -> Non
     if request.atomic and request.skip_invalid:
         raise InvalidInput("--atomic posts every row or none: it does not go with --skip-invalid")
     out = output.Output(output.choose_mode(json_output=request.json_output))
-    data, name = _read(request.path)
+    if request.report is not None:
+        check_writable(request.report, "--report")
+    data, name = _read(request.path, allow_unterminated=request.allow_unterminated)
     parsed = bulk.parse_file(
         data,
         name=name,
@@ -96,17 +108,21 @@ def run_file(ctx: typer.Context, kind: PostingKind, request: FileRequest) -> Non
         default_reason=request.reason,
         fmt=request.fmt,  # type: ignore[arg-type]
     )
+    with state(ctx).connection() as conn:
+        parsed = bulk.check_against_ledger(conn, kind, parsed)
+        if request.key_prefix is not None:
+            _refuse_row_number_keys(conn, request.key_prefix, parsed)
     _say_invalid(parsed.invalid)
     if request.validate_only:
         output.message(f"{name}: {len(parsed.rows)} valid row(s), {len(parsed.invalid)} invalid")
         if request.report is not None:
-            _write_report(request.report, [], parsed.invalid)
+            _write_report(request.report, [], parsed.invalid, raw_csv=request.raw_csv)
         if parsed.invalid:
             raise typer.Exit(ExitCode.INVALID_INPUT)
         return
     if parsed.invalid and not request.skip_invalid:
         if request.report is not None:
-            _write_report(request.report, [], parsed.invalid)
+            _write_report(request.report, [], parsed.invalid, raw_csv=request.raw_csv)
         raise InvalidInput(
             f"{name}: {len(parsed.invalid)} invalid row(s); nothing was posted "
             "(fix them, or pass --skip-invalid to post the valid rows)"
@@ -114,13 +130,27 @@ def run_file(ctx: typer.Context, kind: PostingKind, request: FileRequest) -> Non
     _check_policy(ctx, kind, parsed, request)
     outcomes = _post(ctx, kind, parsed, request)
     if request.report is not None:
-        _write_report(request.report, outcomes, parsed.invalid)
+        _write_report(request.report, outcomes, parsed.invalid, raw_csv=request.raw_csv)
     _summarise(out, name, kind, outcomes, parsed.invalid, request)
     counts = Counter(outcome.outcome for outcome in outcomes)
     if parsed.invalid or any(
         counts[o] for o in ("conflict", "insufficient", "not_found", "invalid")
     ):
         raise typer.Exit(ExitCode.PARTIAL)
+
+
+def _refuse_row_number_keys(conn: Connection, prefix: str, parsed: ParsedFile) -> None:
+    from walletctl.core import bulk
+
+    in_use = bulk.row_number_keys_in_use(conn, prefix, len(parsed.rows) + len(parsed.invalid))
+    if in_use:
+        raise InvalidInput(
+            f"--key-prefix {prefix}: the ledger holds key(s) {', '.join(in_use)}, the keys "
+            "earlier versions gave rows by row number; this version keys rows by what they "
+            "are, so running the file again with this prefix would post its rows again. "
+            "Nothing was posted: if the file was posted already, leave it; otherwise choose "
+            "a new prefix"
+        )
 
 
 def _say_invalid(invalid: list[InvalidRow]) -> None:
@@ -250,17 +280,23 @@ def _report_rows(outcomes: list[RowOutcome], invalid: list[InvalidRow]) -> list[
     return sorted(rows, key=lambda row: row["line"])
 
 
-def _write_report(path: Path, outcomes: list[RowOutcome], invalid: list[InvalidRow]) -> None:
-    """The per-row report: CSV, or JSON lines for a .jsonl name."""
+def _write_report(
+    path: Path, outcomes: list[RowOutcome], invalid: list[InvalidRow], *, raw_csv: bool
+) -> None:
+    """The per-row report: CSV (formulas neutralised unless --raw-csv), or JSON lines for
+    a .jsonl name."""
     rows = _report_rows(outcomes, invalid)
     with atomic_text_file(path, "--report") as out:
         if path.suffix in (".jsonl", ".ndjson", ".json"):
             for row in rows:
                 out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         else:
-            writer = csv.DictWriter(out, REPORT_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(REPORT_FIELDS)
+            for row in rows:
+                writer.writerow(
+                    [output.csv_cell(row[field], raw=raw_csv) for field in REPORT_FIELDS]
+                )
 
 
 def _summarise(

@@ -212,20 +212,25 @@ def export(
             show_default=False,
         ),
     ] = None,
+    raw_csv: options.RawCsvOption = False,
 ) -> None:
     from walletctl.core import export as exporting
 
     chosen = next((known for known in exporting.FORMATS if known == fmt), None)
     if chosen is None:
         raise InvalidInput(f"--format must be one of {', '.join(exporting.FORMATS)}, got {fmt!r}")
+    if raw_csv and chosen != "csv":
+        raise InvalidInput("--raw-csv only goes with --format csv")
     start = options.parse_time(since, "--since")
     end = options.parse_time(until, "--until")
     with state(ctx).connection() as conn:
         if output_path is None:
-            count = exporting.export(conn, sys.stdout, chosen, since=start, until=end)
+            count = exporting.export(
+                conn, sys.stdout, chosen, since=start, until=end, raw_csv=raw_csv
+            )
             sys.stdout.flush()
         else:
             with atomic_text_file(output_path, "--output") as out:
-                count = exporting.export(conn, out, chosen, since=start, until=end)
+                count = exporting.export(conn, out, chosen, since=start, until=end, raw_csv=raw_csv)
     what = "entries" if fmt in ("csv", "jsonl") else "transactions"
     output.message(f"exported {count:,} {what}")

@@ -17,7 +17,22 @@ DEFAULT_ASSET = "GOLD"
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON document (JSON lines for listings).")
 ]
-CsvOption = Annotated[bool, typer.Option("--csv", help="Print CSV with a header row.")]
+CsvOption = Annotated[
+    bool,
+    typer.Option(
+        "--csv",
+        help="Print CSV with a header row (cells a spreadsheet would run as a formula get a "
+        "leading ').",
+    ),
+]
+RawCsvOption = Annotated[
+    bool,
+    typer.Option(
+        "--raw-csv",
+        help="CSV with every value as it is, for programs (no leading ' on cells starting "
+        "with = + - @, tab or CR).",
+    ),
+]
 AssetOption = Annotated[
     str,
     typer.Option("--asset", "-a", help="Asset code.", envvar="WALLETCTL_ASSET"),
@@ -92,9 +107,18 @@ KeyPrefixOption = Annotated[
     str | None,
     typer.Option(
         "--key-prefix",
-        help="Key each row P:<row number> (for files without a key "
-        "column); the same file and prefix always make the same keys.",
+        help="Key each row P:<hash of its user, asset, amount and which occurrence of them it "
+        "is> (for files without a key column): adding, removing or moving other rows never "
+        "changes a row's key.",
         show_default=False,
+    ),
+]
+AllowUnterminatedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unterminated",
+        help="Accept stdin whose last line has no newline at its end (by default refused as "
+        "possibly cut short).",
     ),
 ]
 ValidateOnlyOption = Annotated[

@@ -1,7 +1,8 @@
 """Where output goes and how it looks: decided here once, not in each command.
 
 - ``--json``: one JSON document on stdout (JSON lines for long listings);
-- ``--csv``: CSV with a header (listings only);
+- ``--csv``: CSV with a header (listings only); a cell a spreadsheet would run as a formula
+  gets a leading ``'`` (see walletctl.core.csv_cells); ``--raw-csv``: CSV as it is;
 - stdout is a terminal: rich tables and panels (no colour when NO_COLOR is set);
 - otherwise (a pipe, a file): plain text, tab-separated, no colour, no box drawing.
 
@@ -27,6 +28,7 @@ class Mode(Enum):
     PLAIN = "plain"
     JSON = "json"
     CSV = "csv"
+    RAW_CSV = "raw_csv"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +38,19 @@ class Column:
     numeric: bool = False
 
 
-def choose_mode(*, json_output: bool = False, csv_output: bool = False) -> Mode:
-    if json_output and csv_output:
+def choose_mode(
+    *, json_output: bool = False, csv_output: bool = False, raw_csv: bool = False
+) -> Mode:
+    if json_output and (csv_output or raw_csv):
         from walletctl.errors import InvalidInput
 
-        raise InvalidInput("--json and --csv cannot be used together")
+        raise InvalidInput(
+            f"--json and {'--raw-csv' if raw_csv else '--csv'} cannot be used together"
+        )
     if json_output:
         return Mode.JSON
+    if raw_csv:
+        return Mode.RAW_CSV
     if csv_output:
         return Mode.CSV
     return Mode.RICH if sys.stdout.isatty() else Mode.PLAIN
@@ -71,15 +79,30 @@ def dumps(value: Any) -> str:
     return json.dumps(to_json_value(value), ensure_ascii=False)
 
 
-def _plain(value: Any) -> str:
+def _text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, datetime):
         return value.isoformat()
+    return str(value)
+
+
+def _plain(value: Any) -> str:
     # A tab or newline inside a value would break the columns of a plain listing.
-    return str(value).replace("\t", " ").replace("\n", " ")
+    return _text(value).replace("\t", " ").replace("\n", " ")
+
+
+def csv_cell(value: Any, *, raw: bool = False) -> str:
+    """A value for a CSV cell (the csv module quotes what needs quoting). Unless ``raw``,
+    a cell a spreadsheet would run as a formula gets a leading ' (walletctl.core.csv_cells
+    has the rule)."""
+    if raw:
+        return _text(value)
+    from walletctl.core.csv_cells import neutralised
+
+    return neutralised(_text(value))
 
 
 def _pretty(value: Any, numeric: bool) -> str:
@@ -140,11 +163,12 @@ class Output:
                 materialised = list(rows)
                 count = len(materialised)
                 print(dumps(materialised), file=self.stream)
-        elif self.mode is Mode.CSV:
+        elif self.mode in (Mode.CSV, Mode.RAW_CSV):
+            raw = self.mode is Mode.RAW_CSV
             writer = csv.writer(self.stream, lineterminator="\n")
             writer.writerow([column.key for column in columns])
             for row in rows:
-                writer.writerow([_plain(row.get(column.key)) for column in columns])
+                writer.writerow([csv_cell(row.get(column.key), raw=raw) for column in columns])
                 count += 1
         elif self.mode is Mode.PLAIN:
             print("\t".join(column.key for column in columns), file=self.stream)

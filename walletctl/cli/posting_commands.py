@@ -156,6 +156,8 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
         max_total: options.MaxTotalOption = None,
         batch_size: options.BatchSizeOption = 5000,
         jobs: options.JobsOption = 2,
+        raw_csv: options.RawCsvOption = False,
+        allow_unterminated: options.AllowUnterminatedOption = False,
     ) -> None:
         if file is None:
             bulk_only = [
@@ -168,6 +170,8 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
                     ("--skip-invalid", skip_invalid),
                     ("--report", report),
                     ("--max-total", max_total),
+                    ("--raw-csv", raw_csv),
+                    ("--allow-unterminated", allow_unterminated),
                 )
                 if value
             ]
@@ -216,6 +220,8 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
                 yes=yes,
                 dry_run=dry_run,
                 json_output=json_output,
+                raw_csv=raw_csv,
+                allow_unterminated=allow_unterminated,
             ),
         )
 

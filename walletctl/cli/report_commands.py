@@ -158,6 +158,7 @@ def audit(
     ] = None,
     json_output: options.JsonOption = False,
     csv_output: options.CsvOption = False,
+    raw_csv: options.RawCsvOption = False,
 ) -> None:
     from walletctl.core import history
 
@@ -168,7 +169,9 @@ def audit(
     ]
     if len(chosen) != 1:
         raise InvalidInput("give exactly one of USER, --txn, --key or --summary")
-    out = output.Output(output.choose_mode(json_output=json_output, csv_output=csv_output))
+    out = output.Output(
+        output.choose_mode(json_output=json_output, csv_output=csv_output, raw_csv=raw_csv)
+    )
     if summary:
         from walletctl.cli.finance_commands import show_summary
 

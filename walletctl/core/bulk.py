@@ -1,9 +1,14 @@
 """Bulk posting: files of top-ups, bonuses or spends, validated whole, posted in batches.
 
 A file is CSV with a header, or JSON lines, with the fields user, amount, and optionally
-asset, key and reason. Every row carries an idempotency key (its own, or ``P:<row>`` from a
-key prefix), so running a file again, after any crash, posts exactly the rows that are
+asset, key and reason. Every row carries an idempotency key (its own, or one derived from a
+key prefix and what the row is, see ``derived_key``), so running a file again, after any
+crash or after other rows were added, removed or moved, posts exactly the rows that are
 missing: the rest come back as replays.
+
+Before anything is posted, ``check_against_ledger`` reads (SELECT only) whether the file's
+assets exist and, for spends, its users: such rows are bad rows with their line numbers,
+like any other mistake in the file.
 
 Batches go to walletctl_post_batch (walletctl/sql/batch.sql), one database transaction
 each, which gives every row the guarantees of a single posting through the same rules.
@@ -20,7 +25,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -130,9 +135,9 @@ def parse_file(
     invalid: list[InvalidRow] = []
     first_line_of_key: dict[str, int] = {}
     validator = _RowValidator(kind, default_asset, key_prefix, default_reason)
-    for number, (line, record) in enumerate(records, start=1):
+    for line, record in records:
         try:
-            row = validator.row(line, number, record)
+            row = validator.row(line, record)
         except WalletError as exc:
             invalid.append(InvalidRow(line, str(exc), _fields(record)))
             continue
@@ -157,7 +162,26 @@ def parse_file(
 Record = tuple[Any, Any, Any, Any, Any] | str
 
 
+@contextmanager
+def _csv_field_size_limit(limit: int) -> Iterator[None]:
+    """The csv module refuses fields over a limit (128 KiB by default) with an error that
+    ends the reading of the file. The whole file is already in memory, so a field as long
+    as the file costs nothing more; the row validator then refuses the value for being too
+    long, as a bad row with its line number."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, limit))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 def _csv_records(text: str, name: str) -> Iterator[tuple[int, Record]]:
+    with _csv_field_size_limit(len(text) + 1):
+        yield from _csv_records_within_limit(text, name)
+
+
+def _csv_records_within_limit(text: str, name: str) -> Iterator[tuple[int, Record]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, [])
     unknown = [field for field in header if field not in FIELDS]
@@ -199,6 +223,10 @@ def _jsonl_records(text: str) -> Iterator[tuple[int, Record]]:
         except json.JSONDecodeError as exc:
             yield line, f"not valid JSON ({exc.msg})"
             continue
+        except (ValueError, RecursionError) as exc:
+            # An integer of more than 4,300 digits, or arrays nested thousands deep.
+            yield line, f"not valid JSON ({type(exc).__name__}: {str(exc)[:80]})"
+            continue
         if not isinstance(record, dict):
             yield line, "not a JSON object"
             continue
@@ -206,7 +234,15 @@ def _jsonl_records(text: str) -> Iterator[tuple[int, Record]]:
         if unknown:
             yield line, f"unknown field(s): {', '.join(unknown)}"
             continue
+        nested = [field for field in FIELDS if isinstance(record.get(field), list | dict)]
+        if nested:
+            yield line, f"{nested[0]} must be one value, got a JSON {_json_kind(record[nested[0]])}"
+            continue
         yield line, tuple(record.get(field) for field in FIELDS)  # type: ignore[misc]
+
+
+def _json_kind(value: Any) -> str:
+    return "array" if isinstance(value, list) else "object"
 
 
 class _RowValidator:
@@ -227,8 +263,9 @@ class _RowValidator:
         self.users: set[str] = set()
         self.assets: set[str] = set()
         self.reasons: set[str | None] = set()
+        self.occurrences: dict[tuple[str, str, int], int] = {}
 
-    def row(self, line: int, number: int, record: Record) -> BulkRow:
+    def row(self, line: int, record: Record) -> BulkRow:
         if isinstance(record, str):
             raise InvalidInput(record)
         user, amount, asset, key, reason = record
@@ -236,32 +273,132 @@ class _RowValidator:
             parsed_amount = validation.parse_amount(amount)
         else:
             parsed_amount = validation.amount(amount)
-        asset = asset or self.default_asset
-        if not asset:
+        asset = asset if _given(asset) else self.default_asset
+        if not _given(asset):
             raise InvalidInput("no asset: add an asset column or pass --asset")
-        if key and self.key_prefix:
+        has_key = _given(key)
+        if has_key and self.key_prefix:
             raise InvalidInput("the row has a key and --key-prefix was given: use one of them")
-        if key:
-            key = validation.idempotency_key(key)
-        elif self.key_prefix:
-            # The prefix was checked once; ":<number>" adds nothing but length to check.
-            key = f"{self.key_prefix}:{number}"
-            if len(key) > MAX_ID_LENGTH:
-                validation.idempotency_key(key)
-        else:
+        if not has_key and not self.key_prefix:
             raise InvalidInput("no idempotency key: add a key column or pass --key-prefix")
-        reason = reason or self.default_reason
+        reason = reason if _given(reason) else self.default_reason
+        # Each distinct value is checked once; the user is checked before it goes into a key.
         if user not in self.users:
             self.users.add(validation.user_id(user))
         if asset not in self.assets:
             self.assets.add(validation.asset_code(asset))
         if reason not in self.reasons:
             self.reasons.add(validation.reason(reason, required=self.reason_required))
+        if has_key:
+            key = validation.idempotency_key(key)
+        else:
+            assert self.key_prefix is not None
+            identity = (user, asset, parsed_amount)
+            occurrence = self.occurrences.get(identity, 0) + 1
+            self.occurrences[identity] = occurrence
+            key = derived_key(self.key_prefix, user, asset, parsed_amount, occurrence)
+            if len(key) > MAX_ID_LENGTH:
+                validation.idempotency_key(key)
         return BulkRow(line, user, parsed_amount, asset, key, reason or None)
 
 
 class _StoppedByAnother(ConcurrentRun):
     """A connection of a parallel run stopped because another one failed."""
+
+
+def _given(value: Any) -> bool:
+    """A field is absent when missing or empty; a JSON 0 or false is a value (and a wrong
+    one), not a reason to fall back on a default."""
+    return value is not None and value != ""
+
+
+def derived_key(prefix: str, user: str, asset: str, amount: int, occurrence: int) -> str:
+    """The key of a row of a file run with ``--key-prefix``: the prefix, a colon and 32 hex
+    digits of a SHA-256 of what the row is: its user, asset and amount, and which
+    occurrence of that (user, asset, amount) it is, counting from the top of the file.
+
+    No row number goes in, so adding, removing or moving other rows never changes a row's
+    key. Identical rows are told apart by their count only: the file's second
+    ``alice,10,GOLD`` is the second one wherever it is. The reason is left out: correcting
+    a row's reason and running the file again replays it rather than posting it twice."""
+    # user ids hold no control characters (checked before), so the separator is unambiguous.
+    identity = f"{user}\x1f{asset}\x1f{amount}\x1f{occurrence}".encode()
+    return f"{prefix}:{hashlib.sha256(identity).hexdigest()[:32]}"
+
+
+def check_terminated(data: bytes, name: str) -> None:
+    """Refuse input whose last line has no newline at its end. From a pipe, that is what a
+    producer that died mid-write leaves, and the cut line may still parse (``alice,10``
+    of ``alice,1000``)."""
+    if data and not data.endswith((b"\n", b"\r")):
+        last_line = data.count(b"\n") + 1
+        raise InvalidInput(
+            f"{name}: line {last_line}, the last, has no newline at its end: the input may "
+            "have been cut short; nothing was posted (pass --allow-unterminated if it is whole)"
+        )
+
+
+def check_against_ledger(conn: Connection, kind: PostingKind, parsed: ParsedFile) -> ParsedFile:
+    """The file with the rows the ledger would refuse for what they name moved to the bad
+    rows: an asset that does not exist, and, for spends, a user that does not exist (credits
+    create their user). Read-only: two SELECTs over the distinct values."""
+    assets = sorted({row.asset for row in parsed.rows})
+    known_assets = {code for (code,) in conn.execute(_KNOWN_ASSETS_SQL, (assets,)).fetchall()}
+    known_users: set[str] | None = None
+    if kind == "spend":
+        users = sorted({row.user_id for row in parsed.rows})
+        known_users = {user for (user,) in conn.execute(_KNOWN_USERS_SQL, (users,)).fetchall()}
+    rows: list[BulkRow] = []
+    refused: list[InvalidRow] = []
+    for row in parsed.rows:
+        if row.asset not in known_assets:
+            error = f"asset {row.asset} does not exist"
+        elif known_users is not None and row.user_id not in known_users:
+            error = f"user {row.user_id} does not exist (a spend needs an existing user)"
+        else:
+            rows.append(row)
+            continue
+        refused.append(InvalidRow(row.line, error, _row_fields(row)))
+    if not refused:
+        return parsed
+    invalid = sorted([*parsed.invalid, *refused], key=lambda bad: bad.line)
+    return ParsedFile(rows, invalid, parsed.digest)
+
+
+_KNOWN_ASSETS_SQL = "SELECT code FROM asset_types WHERE code = ANY(%s::text[])"
+_KNOWN_USERS_SQL = "SELECT external_id FROM accounts WHERE external_id = ANY(%s::text[])"
+
+
+def _row_fields(row: BulkRow) -> dict[str, Any]:
+    return {
+        "user": row.user_id,
+        "amount": row.amount,
+        "asset": row.asset,
+        "key": row.idempotency_key,
+        "reason": row.reason,
+    }
+
+
+def row_number_keys_in_use(conn: Connection, prefix: str, rows: int) -> list[str]:
+    """Keys ``P:1`` .. ``P:<rows>`` already in the ledger. Earlier versions keyed the rows
+    of a file by their row number; the same file run again with the same prefix now derives
+    other keys and would post every row a second time. The caller refuses such a prefix."""
+    found = conn.execute(_ROW_NUMBER_KEYS_SQL, {"prefix": prefix, "rows": rows}).fetchall()
+    return [key for (key,) in found]
+
+
+# One index probe per row number, made by the server (nothing sent per row); LATERAL with
+# LIMIT 1 keeps the plan a probe of the key index whatever the size of the ledger.
+_ROW_NUMBER_KEYS_SQL = """
+SELECT found.key
+FROM generate_series(1, %(rows)s) number,
+LATERAL (
+    SELECT t.idempotency_key AS key FROM transactions t
+    WHERE t.idempotency_key = %(prefix)s || ':' || number
+    LIMIT 1
+) found
+LIMIT 3
+"""
 
 
 def try_lock_file(conn: Connection, kind: PostingKind, digest: bytes) -> bool:

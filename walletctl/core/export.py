@@ -1,4 +1,4 @@
-"""Export the ledger as text: CSV, JSON lines, an hledger journal, a beancount file.
+r"""Export the ledger as text: CSV, JSON lines, an hledger journal, a beancount file.
 
 Everything streams: rows come from a server-side cursor in one REPEATABLE READ snapshot and
 are written as they arrive, so memory stays flat for any size of ledger.
@@ -10,6 +10,16 @@ they hold (positive), the Treasury's is minus everything users hold. Accounts ar
 valid account name (letters and digits stay, every other character becomes -XX- with its
 hexadecimal code point). With ``since``, an opening transaction per asset carries every
 balance as of ``since``, so the external tools' balances equal walletctl's at ``until``.
+
+No value can change the structure of a file. Free text (reasons, keys, actors) is written
+so that the format's parser reads it back as one value: in beancount, inside a string with
+``\``, ``"``, LF, CR and TAB escaped as beancount reads them back; in hledger, which has no
+escapes, every character it could split on (line breaks, ``;`` in a description, ``,`` in a
+tag value, spaces at either end) and every unprintable character is written as a
+Python-style escape (``\x0d``, ``\u2028``; a backslash as ``\x5c``). Asset codes are
+checked against the commodity syntax and the file is refused if one does not fit. In CSV,
+cells a spreadsheet would run as a formula get a leading ``'`` unless ``raw_csv`` (see
+``csv_cells``).
 """
 
 from __future__ import annotations
@@ -18,10 +28,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
-from walletctl.core import validation
+from walletctl.core import csv_cells, validation
 from walletctl.core.models import Connection
 from walletctl.core.sqlerrors import translated
-from walletctl.errors import InvalidInput
+from walletctl.errors import InvalidInput, WalletError
 
 Format = Literal["csv", "jsonl", "ledger", "beancount"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl", "ledger", "beancount")
@@ -105,9 +115,11 @@ def export(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
+    raw_csv: bool = False,
 ) -> int:
     """Write the ledger (entries with created_at in [since, until)) to ``out``. Returns the
-    number of rows (csv, jsonl: entries; ledger, beancount: transactions) written."""
+    number of rows (csv, jsonl: entries; ledger, beancount: transactions) written.
+    ``raw_csv`` writes CSV cells as they are, for programs rather than spreadsheets."""
     if fmt not in FORMATS:
         raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     start, end = validation.period(since, until)
@@ -115,7 +127,7 @@ def export(
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if fmt == "csv":
-            return _csv(conn, out, params)
+            return _csv(conn, out, params, raw=raw_csv)
         if fmt == "jsonl":
             return _jsonl(conn, out, params)
         return _journal(conn, out, params, beancount=fmt == "beancount", since=since)
@@ -137,14 +149,25 @@ def _rows(
 _JSONL_COPY_OPTIONS = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'"
 
 
-def _csv(conn: Connection, out: TextIO, params: dict[str, Any]) -> int:
-    return _copy_out(
-        conn,
-        out,
-        f"COPY ({_ENTRIES_SQL}) TO STDOUT WITH (FORMAT csv, HEADER)",
-        params,
-        header_lines=1,
-    )
+# The entries' text columns: the ones a value could start with a formula in.
+_TEXT_COLUMNS = frozenset(
+    ("kind", "user", "account", "asset", "idempotency_key", "reason", "actor")
+)
+
+
+def _csv(conn: Connection, out: TextIO, params: dict[str, Any], *, raw: bool) -> int:
+    query = _ENTRIES_SQL
+    if not raw:
+        columns = ", ".join(_csv_column(name) for name in ENTRY_COLUMNS)
+        query = f"SELECT {columns} FROM ({_ENTRIES_SQL}) entry"
+    return _copy_out(conn, out, f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)", params)
+
+
+def _csv_column(name: str) -> str:
+    column = f'entry."{name}"'
+    if name in _TEXT_COLUMNS:
+        column = csv_cells.neutralised_sql(column)
+    return f'{column} AS "{name}"'
 
 
 def _jsonl(conn: Connection, out: TextIO, params: dict[str, Any]) -> int:
@@ -153,30 +176,80 @@ def _jsonl(conn: Connection, out: TextIO, params: dict[str, Any]) -> int:
         f"COPY (SELECT json_build_object({columns})::text FROM ({_ENTRIES_SQL}) entry) "
         f"TO STDOUT WITH ({_JSONL_COPY_OPTIONS})"
     )
-    return _copy_out(conn, out, query, params, header_lines=0)
+    return _copy_out(conn, out, query, params)
 
 
-def _copy_out(
-    conn: Connection, out: TextIO, query: str, params: dict[str, Any], *, header_lines: int
-) -> int:
+def _copy_out(conn: Connection, out: TextIO, query: str, params: dict[str, Any]) -> int:
     # Times in UTC whatever the session's zone, so that an export reads the same anywhere.
     conn.execute("SET LOCAL TimeZone = 'UTC'")
-    lines = 0
-    with conn.cursor() as cursor, cursor.copy(query, params) as copy:
-        for block in copy:
-            text = bytes(block).decode("utf-8")
-            lines += text.count("\n")
-            out.write(text)
-    return lines - header_lines
+    with conn.cursor() as cursor:
+        with cursor.copy(query, params) as copy:
+            for block in copy:
+                out.write(bytes(block).decode("utf-8"))
+        # The server's count of rows: a quoted CSV value may hold line breaks of its own.
+        return cursor.rowcount
 
 
 def _text(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
+# What beancount reads back inside a string: with these escaped, nothing ends the string
+# early, and every other character (a raw control character too) stays part of it.
+_BEANCOUNT_ESCAPES = str.maketrans(
+    {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+)
+
+
 def _quote(text: str) -> str:
-    """A string for a beancount/hledger narration or metadata value."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+    """A beancount string: a narration or a metadata value."""
+    # Most text has nothing to escape: five scans in C cost less than one translate().
+    if "\\" in text or '"' in text or "\n" in text or "\r" in text or "\t" in text:
+        text = text.translate(_BEANCOUNT_ESCAPES)
+    return f'"{text}"'
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _hledger_text(text: str, special: Literal[";", ","]) -> str:
+    """Free text for an hledger description (special ``;``) or tag value (special ``,``).
+    hledger has no escapes: a line break ends the transaction's line, ``;`` starts its
+    comment, ``,`` ends a tag's value, and the spaces at either end are trimmed. Those,
+    backslash, and every unprintable character (control, format, line and paragraph
+    separators, spaces other than ' ') are written as Python-style escapes (``\x0d``,
+    ``\x5c``, ``\u2028``), which read back exactly."""
+    if (
+        text.isprintable()
+        and "\\" not in text
+        and special not in text
+        and not text.startswith(" ")
+        and not text.endswith(" ")
+    ):
+        return text
+    inner = text.strip(" ")
+    leading = len(text) - len(text.lstrip(" "))
+    trailing = len(text) - len(inner) - leading if inner else 0
+    escaped = "".join(
+        _escaped(char) if char in ("\\", special) or not char.isprintable() else char
+        for char in inner
+    )
+    return "\\x20" * leading + escaped + "\\x20" * trailing
+
+
+def _commodity(code: str) -> str:
+    """An asset code as a commodity. The database's CHECK keeps codes to the syntax both
+    tools accept; a code that got past it is refused rather than written."""
+    try:
+        return validation.asset_code(code)
+    except InvalidInput:
+        raise WalletError(
+            f"asset code {code!r} in the ledger is not a valid commodity; export refused"
+        ) from None
 
 
 def _journal(
@@ -192,35 +265,37 @@ def _journal(
     if since is not None:
         _opening_balances(conn, out, since, beancount=beancount)
     count = 0
+    commodities: dict[str, str] = {}
     for row in _rows(conn, _TRANSACTIONS_SQL, params):
         (transaction_id, created_at, kind, user, asset, amount, key, reason, actor, reverses) = row
         day = created_at.astimezone(UTC).date().isoformat()
         what = f"{kind} {transaction_id}" + (f" reverses {reverses}" if reverses else "")
         narration = f"{what}: {reason}" if reason else what
         account = account_name(user)
+        commodity = commodities.get(asset) or commodities.setdefault(asset, _commodity(asset))
         if beancount:
             out.write(f"{day} * {_quote(narration)}\n")
             out.write(f"  transaction_id: {transaction_id}\n")
             out.write(f"  idempotency_key: {_quote(key)}\n")
             out.write(f"  actor: {_quote(actor)}\n")
             out.write(f"  time: {_quote(created_at.astimezone(UTC).isoformat())}\n")
-            out.write(f"  {account}  {amount} {asset}\n")
-            out.write(f"  {TREASURY_ACCOUNT}  {-amount} {asset}\n\n")
+            out.write(f"  {account}  {amount} {commodity}\n")
+            out.write(f"  {TREASURY_ACCOUNT}  {-amount} {commodity}\n\n")
         else:
-            note = narration.replace(";", ",").replace("\n", " ")
+            note = _hledger_text(narration, ";")
             out.write(
                 f"{day} * {note}  ; transaction:{transaction_id}, actor:{_tag(actor)}, "
                 f"key:{_tag(key)}\n"
             )
-            out.write(f'    {account}  {amount} "{asset}"\n')
-            out.write(f'    {TREASURY_ACCOUNT}  {-amount} "{asset}"\n\n')
+            out.write(f'    {account}  {amount} "{commodity}"\n')
+            out.write(f'    {TREASURY_ACCOUNT}  {-amount} "{commodity}"\n\n')
         count += 1
     return count
 
 
 def _tag(text: str) -> str:
-    # hledger tag values end at a comma or the end of the line.
-    return text.replace(",", " ").replace("\n", " ")
+    """An hledger tag value: it ends at a comma or the end of the line."""
+    return _hledger_text(text, ",")
 
 
 def _beancount_header(conn: Connection, out: TextIO) -> None:
@@ -229,7 +304,7 @@ def _beancount_header(conn: Connection, out: TextIO) -> None:
     out.write('option "title" "walletctl ledger"\n\n')
     out.write(f"1970-01-01 open {TREASURY_ACCOUNT}\n")
     for (code,) in conn.execute("SELECT code FROM asset_types ORDER BY code"):
-        out.write(f"1970-01-01 commodity {code}\n")
+        out.write(f"1970-01-01 commodity {_commodity(code)}\n")
     for row in _rows(conn, _ACCOUNTS_SQL, {}, name="walletctl_export_accounts"):
         out.write(f"1970-01-01 open {account_name(row[0])}\n")
     out.write("\n")
@@ -252,7 +327,7 @@ def _opening_balances(conn: Connection, out: TextIO, since: datetime, *, beancou
             if current_asset is not None:
                 close(current_asset, total)
             current_asset, total = asset, 0
-            commodity = asset if beancount else f'"{asset}"'
+            commodity = _commodity(asset) if beancount else f'"{_commodity(asset)}"'
             out.write(
                 f'{day} * "opening balances of {asset} as of {since.isoformat()}"\n'
                 if beancount

@@ -38,16 +38,30 @@ def amount(value: object) -> int:
     return value
 
 
+# Digits, or digits in groups of three after a first group of one to three, separated by
+# one kind of separator throughout: "1500", "1_500", "1,500", "1,234,567". A separator
+# anywhere else ("1,5", ",,7,,", "1__0", "1,500_000") is a typing mistake that must not be
+# read as some other number.
+_AMOUNT_TEXT = re.compile(r"[0-9]+|[0-9]{1,3}(?:,[0-9]{3})+|[0-9]{1,3}(?:_[0-9]{3})+")
+# More digits than the largest amount has (19): refused before int() is asked to convert
+# them (Python refuses to convert over 4,300 digits at all).
+_MAX_AMOUNT_DIGITS = len(str(MAX_AMOUNT))
+
+
 def parse_amount(text: str) -> int:
-    """An amount typed by a person: digits only (an optional '_' or ',' between groups)."""
-    cleaned = text.strip().replace("_", "").replace(",", "")
-    if not cleaned.isascii() or not cleaned.isdigit():
-        if cleaned.startswith("-") and cleaned[1:].isdigit():
-            raise InvalidAmount(f"amount must be positive, got {text!r}")
+    """An amount typed by a person: digits, optionally grouped by three with '_' or ','."""
+    cleaned = text.strip()
+    if not _AMOUNT_TEXT.fullmatch(cleaned):
+        if cleaned.startswith("-") and _AMOUNT_TEXT.fullmatch(cleaned[1:]):
+            raise InvalidAmount(f"amount must be positive, got {_show(text)}")
         raise InvalidAmount(
-            f"amount must be a positive whole number of the asset's smallest unit, got {text!r}"
+            "amount must be a positive whole number of the asset's smallest unit, "
+            f"got {_show(text)}"
         )
-    return amount(int(cleaned))
+    digits = cleaned.replace("_", "").replace(",", "").lstrip("0") or "0"
+    if len(digits) > _MAX_AMOUNT_DIGITS:
+        raise InvalidAmount(f"amount {_show(text)} exceeds the largest amount ({MAX_AMOUNT})")
+    return amount(int(digits))
 
 
 def identifier(value: object, what: str) -> str:
