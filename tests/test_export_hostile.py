@@ -48,10 +48,10 @@ def hostile_ledger(conn: Conn, url: str) -> dict[int, tuple[str, str, str]]:
     for index, text in enumerate(HOSTILE_TEXTS):
         user = users[index % len(users)]
         credit = posting.topup(
-            conn, user, 1_000 + index, asset="GOLD", idempotency_key=f"t{index}", actor="ops"
+            conn, user, 1_000 + index, asset="GOLD", idempotency_key=f"t{index}", on_behalf_of="ops"
         )
         spend = posting.spend(
-            conn, user, 1 + index, asset="GOLD", idempotency_key=f"s{index}", actor="ops"
+            conn, user, 1 + index, asset="GOLD", idempotency_key=f"s{index}", on_behalf_of="ops"
         )
         for receipt, kind in ((credit, "topup"), (spend, "spend")):
             key, actor = f"{text}#{kind}{index}", f"{text}@{kind}"
@@ -166,10 +166,12 @@ def test_csv_export_neutralises_formulas_unless_raw(
             cli("topup", "--reason", '=HYPERLINK("http://x","y")', "--", user, "100").exit_code == 0
         )
         assert (
-            cli("spend", "--key", f"@key{index}", "--reason", "\t=1+1", "--", user, "5").exit_code
+            cli("spend", "--key", f"@key{index}", "--reason", "shop", "--", user, "5").exit_code
             == 0
         )
+    # Control characters get into a reason only past the database's text rules.
     (last,) = db.execute("SELECT max(id) FROM transactions").fetchone()  # type: ignore[misc]
+    rewrite_text_as_superuser(clean_db, last - 2, reason="\t=1+1")
     rewrite_text_as_superuser(clean_db, last, reason="\r=2+2", actor="-actor")
 
     result = cli("export", "--format", "csv")

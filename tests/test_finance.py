@@ -306,3 +306,15 @@ def test_reconcile_writes_prometheus_metrics_atomically(clean_db: str, tmp_path:
     assert 'walletctl_reconcile_check_passed{check="cached_balances_match_ledger"} 0' in (
         target.read_text()
     )
+
+
+def test_exports_show_the_actor_and_on_whose_behalf(cli: Cli, ops_role: str) -> None:
+    assert cli("topup", "alice", "10", "--actor", "mia", "--key", "k1").exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(cli("export", "--format", "csv").stdout)))
+    assert {(row["actor"], row["on_behalf_of"]) for row in rows} == {(ops_role, "mia")}
+    journal = cli("export", "--format", "ledger").stdout
+    assert f"actor:{ops_role}, on_behalf_of:mia" in journal
+    beancount = cli("export", "--format", "beancount").stdout
+    assert 'on_behalf_of: "mia"' in beancount
+    statement = cli("audit", "alice", "--json").stdout
+    assert '"on_behalf_of": "mia"' in statement

@@ -51,6 +51,7 @@ ENTRY_COLUMNS = (
     "idempotency_key",
     "reason",
     "actor",
+    "on_behalf_of",
     "reverses",
 )
 
@@ -58,7 +59,7 @@ _ENTRIES_SQL = """
 SELECT e.id AS entry_id, e.transaction_id, e.created_at, t.kind, u.external_id AS "user",
        CASE WHEN e.account_id = 0 THEN 'Treasury' ELSE u.external_id END AS account,
        s.code AS asset, e.amount, e.balance_after, t.idempotency_key, t.reason, t.actor,
-       t.reverses
+       t.on_behalf_of, t.reverses
 FROM ledger_entries e
 JOIN transactions t ON t.id = e.transaction_id
 JOIN accounts u ON u.id = t.account_id
@@ -70,7 +71,7 @@ ORDER BY e.id
 # One row per transaction, its user's posting in it (the Treasury's is its negation).
 _TRANSACTIONS_SQL = """
 SELECT t.id, t.created_at, t.kind, u.external_id, s.code, e.amount, t.idempotency_key,
-       t.reason, t.actor, t.reverses
+       t.reason, t.actor, t.on_behalf_of, t.reverses
 FROM transactions t
 JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = t.account_id
 JOIN accounts u ON u.id = t.account_id
@@ -151,7 +152,7 @@ _JSONL_COPY_OPTIONS = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'"
 
 # The entries' text columns: the ones a value could start with a formula in.
 _TEXT_COLUMNS = frozenset(
-    ("kind", "user", "account", "asset", "idempotency_key", "reason", "actor")
+    ("kind", "user", "account", "asset", "idempotency_key", "reason", "actor", "on_behalf_of")
 )
 
 
@@ -267,7 +268,19 @@ def _journal(
     count = 0
     commodities: dict[str, str] = {}
     for row in _rows(conn, _TRANSACTIONS_SQL, params):
-        (transaction_id, created_at, kind, user, asset, amount, key, reason, actor, reverses) = row
+        (
+            transaction_id,
+            created_at,
+            kind,
+            user,
+            asset,
+            amount,
+            key,
+            reason,
+            actor,
+            on_behalf_of,
+            reverses,
+        ) = row
         day = created_at.astimezone(UTC).date().isoformat()
         what = f"{kind} {transaction_id}" + (f" reverses {reverses}" if reverses else "")
         narration = f"{what}: {reason}" if reason else what
@@ -278,13 +291,16 @@ def _journal(
             out.write(f"  transaction_id: {transaction_id}\n")
             out.write(f"  idempotency_key: {_quote(key)}\n")
             out.write(f"  actor: {_quote(actor)}\n")
+            if on_behalf_of is not None:
+                out.write(f"  on_behalf_of: {_quote(on_behalf_of)}\n")
             out.write(f"  time: {_quote(created_at.astimezone(UTC).isoformat())}\n")
             out.write(f"  {account}  {amount} {commodity}\n")
             out.write(f"  {TREASURY_ACCOUNT}  {-amount} {commodity}\n\n")
         else:
             note = _hledger_text(narration, ";")
+            behalf = f", on_behalf_of:{_tag(on_behalf_of)}" if on_behalf_of is not None else ""
             out.write(
-                f"{day} * {note}  ; transaction:{transaction_id}, actor:{_tag(actor)}, "
+                f"{day} * {note}  ; transaction:{transaction_id}, actor:{_tag(actor)}{behalf}, "
                 f"key:{_tag(key)}\n"
             )
             out.write(f'    {account}  {amount} "{commodity}"\n')
