@@ -111,10 +111,22 @@ def balance(
         return
     if user is None:
         raise InvalidInput("give a user id, or --treasury")
+    from walletctl.core import policy
+
     with state(ctx).connection() as conn:
         data = balance_rows(balances.balances(conn, user, asset=asset, as_of=at))
+        freeze = policy.current_freeze(conn, user)
+    if freeze is not None:
+        since = freeze.created_at.isoformat(sep=" ", timespec="seconds")
+        output.message(
+            f"{user} is frozen (since {since}, by {freeze.actor}: {freeze.reason}): "
+            "no spends or credits until unfrozen"
+        )
     if json_output:
-        out.record({"user": user, "as_of": at, "balances": data}, title="balances")
+        out.record(
+            {"user": user, "as_of": at, "balances": data, "frozen": freeze is not None},
+            title="balances",
+        )
         return
     title = f"Balances of {user}" + (f" as of {at.isoformat()}" if at else "")
     out.table(data, BALANCE_COLUMNS, title=title)

@@ -204,6 +204,43 @@ def budgets(conn: Connection) -> list[Budget]:
         ).fetchall()
 
 
+def binding_budgets(conn: Connection, asset: str) -> list[Budget]:
+    """The budgets of ``asset`` that bind the identity logged in (its own, and its group
+    roles'), as walletctl_charge_issuance applies them."""
+    with translated(), conn.cursor(row_factory=class_row(Budget)) as cursor:
+        return cursor.execute(
+            """
+            SELECT cur.role, cur.asset, cur.daily_limit, coalesce(u.used, 0) AS used_today,
+                   cur.set_by, cur.created_at AS set_at
+            FROM (
+                SELECT DISTINCT ON (b.role) b.*
+                FROM issuance_budgets b WHERE b.asset = %s ORDER BY b.role, b.id DESC
+            ) cur
+            JOIN pg_roles bound ON bound.rolname = cur.role
+            JOIN pg_roles me ON me.rolname = session_user
+            LEFT JOIN issuance_usage u
+              ON u.role = cur.role AND u.asset = cur.asset
+             AND u.day = (now() AT TIME ZONE 'UTC')::date
+            WHERE cur.daily_limit IS NOT NULL
+              AND (me.oid = bound.oid
+                   OR (NOT me.rolsuper AND pg_has_role(me.oid, bound.oid, 'MEMBER')))
+            ORDER BY cur.role
+            """,
+            (validation.asset_code(asset),),
+        ).fetchall()
+
+
+def current_freeze(conn: Connection, user_id: str) -> Freeze | None:
+    """The freeze in force on the user (None: not frozen)."""
+    with translated(), conn.cursor(row_factory=class_row(Freeze)) as cursor:
+        found = cursor.execute(
+            "SELECT user_id, frozen, reason, actor, created_at FROM user_freezes "
+            "WHERE user_id = %s ORDER BY id DESC LIMIT 1",
+            (validation.user_id(user_id),),
+        ).fetchone()
+    return found if found is not None and found.frozen else None
+
+
 def freezes(conn: Connection, user_id: str | None = None) -> list[Freeze]:
     """Every freeze and unfreeze (of one user, or all), oldest first."""
     with translated(), conn.cursor(row_factory=class_row(Freeze)) as cursor:
