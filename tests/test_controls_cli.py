@@ -92,6 +92,16 @@ def test_four_eyes_through_the_cli(as_: dict[str, Cli], people: dict[str, str], 
     rejected = approver("request", "reject", second, "--reason", "duplicate")
     assert rejected.exit_code == 0, rejected.output
     assert approver("request", "approve", second).exit_code == 5
+    # audit shows who asked and who decided.
+    posted = json.loads(op("audit", "--key", "big", "--json").stdout)
+    assert (posted["requested_by"], posted["approved_by"], posted["actor"]) == (
+        people["op"],
+        people["approver"],
+        people["approver"],
+    )
+    refused = op("audit", "--key", "big-2", "--json")
+    assert refused.exit_code == 0 and f"filed request {second} (rejected)" in refused.stderr
+    assert json.loads(refused.stdout)["decided_by"] == people["approver"]
     assert approver("request", "approve", "99").exit_code == 4
     assert approver("request", "approve", "x").exit_code == 2
 

@@ -14,6 +14,7 @@ from walletctl.errors import InvalidInput
 
 if TYPE_CHECKING:
     from walletctl.core.models import Balance, StatementLine, TransactionDetail
+    from walletctl.core.policy import CreditRequest
 
 Column = output.Column
 
@@ -171,7 +172,7 @@ def audit(
     json_output: options.JsonOption = False,
     csv_output: options.CsvOption = False,
 ) -> None:
-    from walletctl.core import history
+    from walletctl.core import history, policy
 
     chosen = [
         name
@@ -209,20 +210,32 @@ def audit(
         transaction_id = parse_transaction_id(txn)
         with state(ctx).connection() as conn:
             detail = history.transaction(conn, transaction_id)
-        _show_transaction(out, detail)
+            request = policy.request_by_key(conn, detail.idempotency_key)
+        _show_transaction(out, detail, request)
         return
     assert key is not None
     with state(ctx).connection() as conn:
         found = history.transaction_by_key(conn, key)
+        request = policy.request_by_key(conn, key)
+    if found is None and request is not None:
+        from walletctl.cli.policy_commands import REQUEST_NUMERIC, request_view
+
+        output.message(
+            f"key {key} filed request {request.id} ({request.status}); it has posted nothing"
+        )
+        out.record(request_view(request), title=f"Request {request.id}", numeric=REQUEST_NUMERIC)
+        return
     if found is None:
         if json_output:
             out.record({"idempotency_key": key, "transaction": None}, title="key")
         output.message(f"key {key} has not posted anything; a posting with it would be new")
         raise typer.Exit(ExitCode.NOT_FOUND)
-    _show_transaction(out, found)
+    _show_transaction(out, found, request)
 
 
-def _show_transaction(out: output.Output, detail: TransactionDetail) -> None:
+def _show_transaction(
+    out: output.Output, detail: TransactionDetail, request: CreditRequest | None = None
+) -> None:
     entries = [
         {
             "entry_id": entry.entry_id,
@@ -247,6 +260,10 @@ def _show_transaction(out: output.Output, detail: TransactionDetail) -> None:
         "reversed_by": detail.reversed_by,
         "entries_sum": detail.entries_sum,
     }
+    if request is not None:  # posted by approving a request: who asked, who approved
+        header["request_id"] = request.id
+        header["requested_by"] = request.requested_by
+        header["approved_by"] = request.decided_by
     if out.mode is output.Mode.JSON:
         out.record({**header, "entries": entries}, title="transaction")
         return

@@ -317,6 +317,13 @@ def show_request(conn: Connection, request_id: int) -> CreditRequest:
     return found
 
 
+def request_by_key(conn: Connection, idempotency_key: str) -> CreditRequest | None:
+    """The request an idempotency key filed, if any."""
+    params = {"id": None, "key": validation.idempotency_key(idempotency_key)}
+    with translated(), conn.cursor(row_factory=class_row(CreditRequest)) as cursor:
+        return cursor.execute(_REQUESTS_SQL + " AND r.idempotency_key = %(key)s", params).fetchone()
+
+
 def approve(conn: Connection, request_id: int, *, reason: str | None = None) -> Receipt:
     """Approve and post a request (walletctl_approver, not its requester). Approving an
     approved request returns its posting's receipt, replayed."""
