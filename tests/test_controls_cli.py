@@ -141,3 +141,39 @@ def test_budgets_and_frozen_users_through_the_cli(
     assert admin("user", "unfreeze", "alice", "--reason", "cleared").exit_code == 0
     assert json.loads(op("user", "show", "alice", "--json").stdout)["frozen"] is False
     assert db.execute("SELECT count(*) FROM user_freezes").fetchone() == (2,)
+
+
+def test_a_bulk_file_refuses_rows_for_frozen_users_and_above_the_threshold_alone(
+    as_: dict[str, Cli],
+    people: dict[str, str],
+    db: Conn,
+    server_url: str,
+    clean_db: str,
+    tmp_path: Any,
+) -> None:
+    admin = as_["admin"]
+    batch_name = f"walletctl_test_cli_batch_{uuid.uuid4().hex[:6]}"
+    create_login_role(server_url, batch_name, "batch")
+    try:
+        batch = Cli(with_user(clean_db, batch_name))
+        assert as_["op"]("topup", "alice", "5").exit_code == 0
+        assert admin("user", "freeze", "alice", "--reason", "fraud").exit_code == 0
+        assert admin("policy", "set", "GOLD", "--approve-above", "100").exit_code == 0
+        path = tmp_path / "promo.csv"
+        path.write_text("user,amount,key\nalice,5,p1\nbob,500,p2\ncarol,50,p3\n")
+        report = tmp_path / "report.csv"
+        result = batch("bonus", "--file", str(path), "--reason", "promo", "--report", str(report))
+        assert result.exit_code == 9, result.output
+        details = report.read_text()
+        assert "alice is frozen" in details and "above the approval threshold" in details
+        posted = db.execute("SELECT idempotency_key FROM transactions WHERE kind = 'bonus'")
+        assert posted.fetchall() == [("p3",)]
+
+        assert admin("policy", "budget", batch_name, "GOLD", "60").exit_code == 0
+        path.write_text("user,amount,key\ncarol,50,q1\ndan,50,q2\n")
+        refused = batch("bonus", "--file", str(path), "--reason", "promo")
+        assert refused.exit_code == 8, refused.output
+        assert "60 remains, this needs 100" in refused.stderr  # use counts from the budget on
+        assert db.execute("SELECT count(*) FROM transactions").fetchone() == (2,)
+    finally:
+        drop_login_role(server_url, batch_name)
