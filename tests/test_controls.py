@@ -343,6 +343,18 @@ def test_rejection_expiry_and_budgets_of_requests(
     assert policy.show_request(op, expired).status == "expired"
     with pytest.raises(RequestExpired):
         policy.approve(approver, expired)
+    with pytest.raises(NotPermitted):  # recording expiries is an approver's job
+        policy.expire_requests(op)
+    [recorded] = policy.expire_requests(approver)  # the rejected one stays rejected
+    assert (recorded.request_id, recorded.decision, recorded.decided_by) == (
+        expired,
+        "expired",
+        people["appr1"],
+    )
+    assert policy.expire_requests(approver) == []
+    assert policy.show_request(op, expired).decided_by == people["appr1"]
+    with pytest.raises(RequestExpired):
+        policy.approve(approver, expired)
 
     # An approval counts against the requester's budget, not the approver's.
     policy.set_budget(admin, people["op1"], "GOLD", 6000)

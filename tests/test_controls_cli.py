@@ -103,6 +103,9 @@ def test_four_eyes_through_the_cli(as_: dict[str, Cli], people: dict[str, str], 
     assert refused.exit_code == 0 and f"filed request {second} (rejected)" in refused.stderr
     assert json.loads(refused.stdout)["decided_by"] == people["approver"]
     assert approver("request", "approve", "99").exit_code == 4
+    expire = approver("request", "expire")  # nothing is overdue yet
+    assert expire.exit_code == 0 and "0 request(s) recorded as expired" in expire.stderr
+    assert op("request", "expire").exit_code == 10
     assert approver("request", "approve", "x").exit_code == 2
 
 

@@ -95,6 +95,7 @@ API_CALLS = {
     "request": "SELECT * FROM walletctl_request_credit('topup', 'zed', 'GOLD', 5, %s, 'r')",
     "approve": "SELECT * FROM walletctl_approve_request(length(%s) * 0 + 1)",
     "reject": "SELECT * FROM walletctl_reject_request(length(%s) * 0 + 1, 'no')",
+    "expire": "SELECT * FROM walletctl_expire_requests() WHERE %s::text IS NOT NULL",
     "set policy": "SELECT * FROM walletctl_set_approval('GOLD', 1000 + length(%s))",
     "set budget": "SELECT * FROM walletctl_set_budget('walletctl_batch', 'GOLD', length(%s))",
     "freeze": "SELECT * FROM walletctl_freeze_user('alice', %s)",
@@ -105,7 +106,7 @@ ALLOWED = {
     "batch": {"batch", "balances", "read tables"},
     "service": {"post", "reverse", "batch", "balances"},
     "finance": {"balances", "read tables"},
-    "approver": {"balances", "read tables", "approve", "reject"},
+    "approver": {"balances", "read tables", "approve", "reject", "expire"},
     "admin": {"balances", "read tables", "set policy", "set budget", "freeze", "unfreeze"},
     "nobody": set(),
 }

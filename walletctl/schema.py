@@ -306,7 +306,9 @@ user_freezes = Table(
 )
 Index("ix_user_freezes_user_id_id", user_freezes.c.user_id, user_freezes.c.id)
 
-# Requests for credits above an asset's threshold, and their decisions (one per request).
+# Requests for credits above an asset's threshold, and their decisions (one per request):
+# approved (with the transaction it posted), rejected (with a reason), or expired (recorded
+# by walletctl_expire_requests once past expires_at).
 credit_requests = Table(
     "credit_requests",
     metadata,
@@ -340,7 +342,7 @@ credit_request_decisions = Table(
     Column("decided_by", Text, nullable=False),
     Column("reason", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    CheckConstraint("decision IN ('approved', 'rejected')", name="decision_known"),
+    CheckConstraint("decision IN ('approved', 'rejected', 'expired')", name="decision_known"),
     CheckConstraint(
         "(decision = 'approved') = (transaction_id IS NOT NULL)", name="approval_posts"
     ),

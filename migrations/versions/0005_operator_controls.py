@@ -111,7 +111,7 @@ CREATE TABLE credit_request_decisions (
     reason TEXT,
     created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
     CONSTRAINT pk_credit_request_decisions PRIMARY KEY (request_id),
-    CONSTRAINT ck_credit_request_decisions_decision_known CHECK (decision IN ('approved', 'rejected')),
+    CONSTRAINT ck_credit_request_decisions_decision_known CHECK (decision IN ('approved', 'rejected', 'expired')),
     CONSTRAINT ck_credit_request_decisions_approval_posts CHECK ((decision = 'approved') = (transaction_id IS NOT NULL)),
     CONSTRAINT ck_credit_request_decisions_rejection_reason CHECK (decision <> 'rejected' OR reason IS NOT NULL),
     CONSTRAINT ck_credit_request_decisions_decided_by_format CHECK (char_length(decided_by) BETWEEN 1 AND 200 AND decided_by !~ '[\x01-\x1f\x7f-\x9f]' AND decided_by !~ '^ | $'),
@@ -122,6 +122,7 @@ CREATE TABLE credit_request_decisions (
 """
 
 DROP_SQL = """
+DROP FUNCTION walletctl_expire_requests();
 DROP FUNCTION walletctl_reject_request(bigint, text);
 DROP FUNCTION walletctl_approve_request(bigint, text);
 DROP FUNCTION walletctl_request_credit(text, text, text, bigint, text, text, text);

@@ -246,6 +246,30 @@ def request_reject(
     out.record(asdict(decision), title=f"Request {wanted} rejected")
 
 
+DECISION_COLUMNS = (
+    Column("request_id", "Request", numeric=True),
+    Column("decision", "Decision"),
+    Column("decided_by", "Recorded by"),
+    Column("reason", "Reason"),
+    Column("created_at", "At"),
+)
+
+
+@request_app.command(
+    "expire",
+    help="Record the expiry of every request past its time without a decision "
+    "(walletctl_approver; e.g. from cron).",
+)
+def request_expire(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
+    from walletctl.core import policy
+
+    out = output.Output(output.choose_mode(json_output=json_output))
+    with state(ctx).connection() as conn:
+        recorded = policy.expire_requests(conn)
+    output.message(f"{len(recorded)} request(s) recorded as expired")
+    out.table([asdict(d) for d in recorded], DECISION_COLUMNS, title="Expired requests")
+
+
 def report_filed_request(
     filed: FiledRequest, request: CreditRequest, *, dry_run: bool, json_output: bool
 ) -> None:

@@ -334,6 +334,16 @@ def approve(conn: Connection, request_id: int, *, reason: str | None = None) -> 
     return Receipt(*row)
 
 
+def expire_requests(conn: Connection) -> list[Decision]:
+    """Record the expiry of every request past its time without a decision
+    (walletctl_approver); returns what it recorded."""
+    with translated(), conn.cursor(row_factory=class_row(Decision)) as cursor:
+        return cursor.execute(
+            "SELECT request_id, decision, decided_by, reason, created_at "
+            "FROM walletctl_expire_requests()"
+        ).fetchall()
+
+
 def reject(conn: Connection, request_id: int, *, reason: str) -> Decision:
     """Reject a request (walletctl_approver); a reason is required."""
     params = (valid_request_id(request_id), validation.reason(reason, required=True))

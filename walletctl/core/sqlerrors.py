@@ -78,6 +78,7 @@ _WHO_MAY = {
     "walletctl_request_credit": "walletctl_operator",
     "walletctl_approve_request": "walletctl_approver",
     "walletctl_reject_request": "walletctl_approver",
+    "walletctl_expire_requests": "walletctl_approver",
     "walletctl_set_approval": "walletctl_admin",
     "walletctl_set_budget": "walletctl_admin",
     "walletctl_freeze_user": "walletctl_admin",

@@ -7,7 +7,8 @@
 -- and every change is a row naming the identity that made it. Only walletctl_admin may
 -- change policy (walletctl_set_approval, walletctl_set_budget, walletctl_freeze_user,
 -- walletctl_unfreeze_user); operators file requests (walletctl_request_credit); approvers
--- decide them (walletctl_approve_request, walletctl_reject_request). privileges.sql grants.
+-- decide them (walletctl_approve_request, walletctl_reject_request) and record expiries
+-- (walletctl_expire_requests). privileges.sql grants.
 --
 -- SQLSTATEs (walletctl/core/sqlerrors.py):
 --   WL015 the user is frozen             WL019 four eyes: one's own request
@@ -255,6 +256,10 @@ BEGIN
         IF v_decision.decision = 'approved' THEN
             RETURN walletctl_replay_receipt(v_decision.transaction_id);
         END IF;
+        IF v_decision.decision = 'expired' THEN
+            RAISE EXCEPTION 'request % expired at %; file it again', p_request_id,
+                v_request.expires_at USING ERRCODE = 'WL022';
+        END IF;
         RAISE EXCEPTION 'request % was already % by %', p_request_id, v_decision.decision,
             v_decision.decided_by USING ERRCODE = 'WL020';
     END IF;
@@ -281,6 +286,22 @@ BEGIN
 END
 $$;
 
+-- Record the expiry of every request past its time without a decision (an approver, or a
+-- cron job holding walletctl_approver); returns the requests it expired. Until then a
+-- request past its time is shown as expired and cannot be approved (WL022) all the same.
+CREATE FUNCTION walletctl_expire_requests()
+RETURNS SETOF credit_request_decisions LANGUAGE sql SECURITY DEFINER
+SET search_path = public, pg_temp AS $$
+    INSERT INTO credit_request_decisions AS d (request_id, decision, decided_by, reason)
+    SELECT r.id, 'expired', session_user, 'not approved before ' || r.expires_at::text
+    FROM credit_requests r
+    WHERE r.expires_at <= now()
+      AND NOT EXISTS (SELECT FROM credit_request_decisions x WHERE x.request_id = r.id)
+    ORDER BY r.id
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING d.*
+$$;
+
 -- Reject a request (any approver, the requester included: withdrawing is rejecting).
 -- Rejecting a rejected request returns that decision.
 CREATE FUNCTION walletctl_reject_request(p_request_id bigint, p_reason text)
@@ -298,9 +319,8 @@ BEGIN
         IF v_decision.decision = 'rejected' THEN
             RETURN v_decision;
         END IF;
-        RAISE EXCEPTION 'request % was already % by % (transaction %)', p_request_id,
-            v_decision.decision, v_decision.decided_by, v_decision.transaction_id
-            USING ERRCODE = 'WL020';
+        RAISE EXCEPTION 'request % was already % by %', p_request_id, v_decision.decision,
+            v_decision.decided_by USING ERRCODE = 'WL020';
     END IF;
     INSERT INTO credit_request_decisions (request_id, decision, decided_by, reason)
     VALUES (p_request_id, 'rejected', session_user, p_reason)

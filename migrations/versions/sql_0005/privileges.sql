@@ -113,7 +113,8 @@ GRANT EXECUTE ON FUNCTION
     walletctl_request_credit(text, text, text, bigint, text, text, text)
     TO walletctl_operator;
 GRANT EXECUTE ON FUNCTION walletctl_approve_request(bigint, text),
-                          walletctl_reject_request(bigint, text)
+                          walletctl_reject_request(bigint, text),
+                          walletctl_expire_requests()
     TO walletctl_approver;
 GRANT EXECUTE ON FUNCTION walletctl_set_approval(text, bigint, integer),
                           walletctl_set_budget(text, text, bigint),
