@@ -260,6 +260,14 @@ def test_db_roles_is_idempotent_and_grant_revoke_work(
         assert person("topup", "dan", "5").exit_code == 0
         assert admin("db", "revoke", name, "--as", "operator").exit_code == 0
         assert person("topup", "dan", "5").exit_code == 10
+        assert person("user", "freeze", "dan", "--reason", "x").exit_code == 10
+        assert admin("db", "grant", name, "--as", "admin").exit_code == 0
+        assert person("user", "freeze", "dan", "--reason", "x").exit_code == 0
+        assert person("request", "expire").exit_code == 10
+        assert admin("db", "grant", name, "--as", "approver").exit_code == 0
+        assert person("request", "expire").exit_code == 0
+        assert admin("db", "revoke", name, "--as", "approver").exit_code == 0
+        assert admin("db", "revoke", name, "--as", "admin").exit_code == 0
         assert admin("db", "grant", name, "--as", "owner").exit_code == 2
         assert admin("db", "grant", "walletctl_operator", "--as", "batch").exit_code == 2
         assert admin("db", "grant", "no_such_role_x", "--as", "batch").exit_code == 4
