@@ -86,3 +86,37 @@ class Refused(WalletError):
 
 class ConcurrentRun(Refused):
     """Another process holds the lock this operation needs (a bulk file already running)."""
+
+
+class UserFrozen(Refused):
+    """The user is frozen (walletctl user freeze): no spends or credits; reversals post."""
+
+
+class BudgetExceeded(Refused):
+    """The posting would take the caller's (or, for an approval, the requester's) issuance
+    budget for the asset past its daily limit."""
+
+    def __init__(self, message: str, *, remaining: int) -> None:
+        super().__init__(message)
+        self.remaining = remaining
+
+
+class ApprovalRequired(Refused):
+    """A top-up or bonus above its asset's approval threshold: it must be filed as a request
+    and approved by another identity (walletctl files it; the SQL API refuses it)."""
+
+    def __init__(self, message: str, *, threshold: int) -> None:
+        super().__init__(message)
+        self.threshold = threshold
+
+
+class RequestExpired(Refused):
+    """The request was not approved in time."""
+
+
+class RequestNotFound(NotFound):
+    pass
+
+
+class AlreadyDecided(WalletError):
+    """The request was already approved or rejected, the other way."""

@@ -17,12 +17,12 @@ from psycopg import sql
 from walletctl.core.sqlerrors import translated
 from walletctl.errors import InvalidInput, NotFound
 
-RoleKind = Literal["operator", "batch", "service", "finance"]
-KINDS: tuple[RoleKind, ...] = ("operator", "batch", "service", "finance")
+RoleKind = Literal["operator", "batch", "service", "finance", "approver", "admin"]
+KINDS: tuple[RoleKind, ...] = ("operator", "batch", "service", "finance", "approver", "admin")
 OWNER = "walletctl_owner"
 GROUP_ROLES = (OWNER, *(f"walletctl_{kind}" for kind in KINDS))
 
-SQL_FILES = ("rules", "posting", "batch", "seal", "privileges")
+SQL_FILES = ("rules", "posting", "controls", "batch", "seal", "privileges")
 """The current SQL, in the order it is applied after the tables (roles.sql comes first)."""
 
 Connection = psycopg.Connection[Any]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -229,4 +231,122 @@ seal_asset_totals = Table(
     Column("asset_id", SmallInteger, ForeignKey("asset_types.id"), primary_key=True),
     Column("entries_total", Numeric, nullable=False),
     Column("outstanding", Numeric, nullable=False),
+)
+
+
+# Operator controls (walletctl/sql/controls.sql). The policy tables are append-only: the
+# policy in force is each key's newest row, and every change is a row naming who made it
+# (session_user). Assets are named by code (codes never change), so that a posting finds
+# the policy of its asset with one index probe.
+
+# Four-eyes approval: top-ups and bonuses above approve_above (NULL: none) become requests
+# that a second identity must approve within request_hours.
+asset_policies = Table(
+    "asset_policies",
+    metadata,
+    Column("id", BigInteger, Identity(start=1), primary_key=True),
+    Column("asset", Text, ForeignKey("asset_types.code"), nullable=False),
+    Column("approve_above", BigInteger),
+    Column("request_hours", Integer, nullable=False),
+    Column("set_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("approve_above >= 0", name="approve_above_not_negative"),
+    CheckConstraint("request_hours BETWEEN 1 AND 8760", name="request_hours_range"),
+    CheckConstraint(identifier_check("set_by"), name="set_by_format"),
+)
+Index("ix_asset_policies_asset_id", asset_policies.c.asset, asset_policies.c.id)
+
+# Issuance budgets: what a role (a login role, or a group role whose members share it) may
+# credit per asset and UTC day; daily_limit NULL removes the budget.
+issuance_budgets = Table(
+    "issuance_budgets",
+    metadata,
+    Column("id", BigInteger, Identity(start=1), primary_key=True),
+    Column("role", Text, nullable=False),
+    Column("asset", Text, ForeignKey("asset_types.code"), nullable=False),
+    Column("daily_limit", BigInteger),
+    Column("set_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("daily_limit >= 0", name="daily_limit_not_negative"),
+    CheckConstraint(identifier_check("role"), name="role_format"),
+    CheckConstraint(identifier_check("set_by"), name="set_by_format"),
+)
+Index(
+    "ix_issuance_budgets_asset_role_id",
+    issuance_budgets.c.asset,
+    issuance_budgets.c.role,
+    issuance_budgets.c.id,
+)
+
+# What each budget has used per UTC day: a counter moved in the posting's own database
+# transaction, under its row lock, so concurrent postings cannot exceed the budget together.
+# No foreign keys: a key check would lock the asset row for every posting.
+issuance_usage = Table(
+    "issuance_usage",
+    metadata,
+    Column("role", Text, primary_key=True),
+    Column("asset", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("used", BigInteger, nullable=False),
+    CheckConstraint("used >= 0", name="used_not_negative"),
+)
+
+# Frozen users: the newest row per user says whether it is frozen.
+user_freezes = Table(
+    "user_freezes",
+    metadata,
+    Column("id", BigInteger, Identity(start=1), primary_key=True),
+    Column("user_id", Text, ForeignKey("accounts.external_id"), nullable=False),
+    Column("frozen", Boolean, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(reason_check("reason"), name="reason_format"),
+    CheckConstraint(identifier_check("actor"), name="actor_format"),
+)
+Index("ix_user_freezes_user_id_id", user_freezes.c.user_id, user_freezes.c.id)
+
+# Requests for credits above an asset's threshold, and their decisions (one per request):
+# approved (with the transaction it posted), rejected (with a reason), or expired (recorded
+# by walletctl_expire_requests once past expires_at).
+credit_requests = Table(
+    "credit_requests",
+    metadata,
+    Column("id", BigInteger, Identity(start=1), primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("asset", Text, ForeignKey("asset_types.code"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("idempotency_key", Text, nullable=False, unique=True),
+    Column("reason", Text),
+    Column("on_behalf_of", Text),
+    Column("requested_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("kind IN ('topup', 'bonus')", name="kind_credit"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("kind <> 'bonus' OR reason IS NOT NULL", name="reason_required"),
+    CheckConstraint(identifier_check("user_id"), name="user_id_format"),
+    CheckConstraint(identifier_check("idempotency_key"), name="idempotency_key_format"),
+    CheckConstraint(identifier_check("on_behalf_of"), name="on_behalf_of_format"),
+    CheckConstraint(identifier_check("requested_by"), name="requested_by_format"),
+    CheckConstraint(reason_check("reason"), name="reason_format"),
+)
+
+credit_request_decisions = Table(
+    "credit_request_decisions",
+    metadata,
+    Column("request_id", BigInteger, ForeignKey("credit_requests.id"), primary_key=True),
+    Column("decision", Text, nullable=False),
+    Column("transaction_id", BigInteger, ForeignKey("transactions.id")),
+    Column("decided_by", Text, nullable=False),
+    Column("reason", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("decision IN ('approved', 'rejected', 'expired')", name="decision_known"),
+    CheckConstraint(
+        "(decision = 'approved') = (transaction_id IS NOT NULL)", name="approval_posts"
+    ),
+    CheckConstraint("decision <> 'rejected' OR reason IS NOT NULL", name="rejection_reason"),
+    CheckConstraint(identifier_check("decided_by"), name="decided_by_format"),
+    CheckConstraint(reason_check("reason"), name="reason_format"),
 )

@@ -27,6 +27,7 @@ USER_COLUMNS = (
     Column("created_at", "Created"),
     Column("balances", "Balances"),
     Column("entries", "Entries", numeric=True),
+    Column("frozen", "Frozen"),
 )
 
 
@@ -97,6 +98,7 @@ def _user_row(summary: Any, *, structured: bool) -> dict[str, Any]:
         "created_at": summary.created_at,
         "balances": balances,
         "entries": summary.transactions,
+        "frozen": summary.frozen,
     }
 
 
@@ -220,7 +222,9 @@ MEMBERSHIP_COLUMNS = (
 KindOption = Annotated[
     str,
     typer.Option(
-        "--as", help="operator, batch, service or finance (README: Deploying with least privilege)."
+        "--as",
+        help="operator, batch, service, finance, approver or admin "
+        "(README: Deploying with least privilege).",
     ),
 ]
 

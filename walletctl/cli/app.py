@@ -191,6 +191,7 @@ def _register_commands() -> None:
     from walletctl.cli import (  # noqa: F401
         admin_commands,
         finance_commands,
+        policy_commands,
         posting_commands,
         report_commands,
     )

@@ -20,14 +20,16 @@ class ExitCode(IntEnum):
     """The user, asset or transaction does not exist."""
     CONFLICT = 5
     """Idempotency conflict: the key was used before for a different request. Also a
-    transaction reversed before, or an asset code that is taken."""
+    transaction reversed before, an asset code that is taken, or a request already decided
+    the other way."""
     DATABASE_UNAVAILABLE = 6
     """The database is unreachable, or its schema is behind (run `walletctl db upgrade`)."""
     RECONCILE_FAILED = 7
     """reconcile found a discrepancy."""
     REFUSED = 8
-    """Refused by policy: confirmation needed (--yes), a bulk total above --max-total, or
-    another run holding the file's lock."""
+    """Refused by policy: confirmation needed (--yes), a bulk total above --max-total,
+    another run holding the file's lock, a frozen user, an issuance budget exceeded, an
+    expired request."""
     PARTIAL = 9
     """A bulk file was processed, but some rows were not posted (see the report)."""
     NOT_PERMITTED = 10
@@ -49,7 +51,12 @@ def exit_code_for(error: BaseException) -> ExitCode:
             return ExitCode.INSUFFICIENT_FUNDS
         case errors.NotFound():
             return ExitCode.NOT_FOUND
-        case errors.IdempotencyConflict() | errors.AlreadyReversed() | errors.AlreadyExists():
+        case (
+            errors.IdempotencyConflict()
+            | errors.AlreadyReversed()
+            | errors.AlreadyExists()
+            | errors.AlreadyDecided()
+        ):
             return ExitCode.CONFLICT
         case errors.NotPermitted():
             return ExitCode.NOT_PERMITTED

@@ -10,7 +10,7 @@ import typer
 
 from walletctl.cli import options, output
 from walletctl.cli.app import app, state
-from walletctl.errors import InvalidInput, Refused
+from walletctl.errors import ApprovalRequired, InvalidInput, Refused
 
 if TYPE_CHECKING:
     from walletctl.core.models import PostingKind, Receipt
@@ -79,7 +79,9 @@ def _receipt_view(receipt: Receipt, *, dry_run: bool) -> dict[str, Any]:
     return view
 
 
-def _report(receipt: Receipt, *, dry_run: bool, generated_key: bool, json_output: bool) -> None:
+def report_receipt(
+    receipt: Receipt, *, dry_run: bool, generated_key: bool, json_output: bool
+) -> None:
     out = output.Output(output.choose_mode(json_output=json_output))
     if dry_run:
         verb = "would replay" if receipt.replayed else "would post"
@@ -128,8 +130,44 @@ def _post(
     if not dry_run:
         _confirm(settings.confirm_above, amount, f"{kind} of {asset} to {user}", yes=yes)
     with state(ctx).connection() as conn, posting.scope(conn, dry_run=dry_run):
-        receipt = posting.post(conn, kind, **request)  # type: ignore[arg-type]
-    _report(receipt, dry_run=dry_run, generated_key=key is None, json_output=json_output)
+        try:
+            receipt = posting.post(conn, kind, **request)  # type: ignore[arg-type]
+        except ApprovalRequired:
+            if kind == "spend":
+                raise
+            # Above the asset's approval threshold: the database refused to post it; file
+            # it as a request for a second person (README "Four-eyes approval").
+            _file_request(conn, kind, request, dry_run=dry_run, json_output=json_output)
+            return
+        if dry_run:
+            _report_budgets(conn, receipt)
+    report_receipt(receipt, dry_run=dry_run, generated_key=key is None, json_output=json_output)
+
+
+def _file_request(
+    conn: Any, kind: PostingKind, request: dict[str, Any], *, dry_run: bool, json_output: bool
+) -> None:
+    from walletctl.cli.policy_commands import report_filed_request
+    from walletctl.core import policy
+
+    filed = policy.request_credit(conn, kind, **request)
+    report_filed_request(
+        filed, policy.show_request(conn, filed.request_id), dry_run=dry_run, json_output=json_output
+    )
+
+
+def _report_budgets(conn: Any, receipt: Receipt) -> None:
+    """A dry run shows what the posting would leave of each budget that binds the caller."""
+    from walletctl.core import policy
+
+    if receipt.kind == "spend" or receipt.replayed:
+        return
+    for budget in policy.binding_budgets(conn, receipt.asset):
+        output.message(
+            f"dry run: budget of {budget.role}: {budget.used_today:,} of "
+            f"{budget.daily_limit:,} {budget.asset} used today (UTC) with this posting, "
+            f"{budget.remaining:,} would remain"
+        )
 
 
 def _register_posting_command(kind: PostingKind, help_text: str) -> None:
@@ -280,7 +318,7 @@ def reverse(
             )
         with posting.scope(conn, dry_run=dry_run):
             receipt = posting.reverse(conn, target_id, **request)  # type: ignore[arg-type]
-    _report(receipt, dry_run=dry_run, generated_key=key is None, json_output=json_output)
+    report_receipt(receipt, dry_run=dry_run, generated_key=key is None, json_output=json_output)
 
 
 def parse_transaction_id(text: str) -> int:

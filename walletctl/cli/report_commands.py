@@ -14,6 +14,7 @@ from walletctl.errors import InvalidInput
 
 if TYPE_CHECKING:
     from walletctl.core.models import Balance, StatementLine, TransactionDetail
+    from walletctl.core.policy import CreditRequest
 
 Column = output.Column
 
@@ -111,10 +112,22 @@ def balance(
         return
     if user is None:
         raise InvalidInput("give a user id, or --treasury")
+    from walletctl.core import policy
+
     with state(ctx).connection() as conn:
         data = balance_rows(balances.balances(conn, user, asset=asset, as_of=at))
+        freeze = policy.current_freeze(conn, user)
+    if freeze is not None:
+        since = freeze.created_at.isoformat(sep=" ", timespec="seconds")
+        output.message(
+            f"{user} is frozen (since {since}, by {freeze.actor}: {freeze.reason}): "
+            "no spends or credits until unfrozen"
+        )
     if json_output:
-        out.record({"user": user, "as_of": at, "balances": data}, title="balances")
+        out.record(
+            {"user": user, "as_of": at, "balances": data, "frozen": freeze is not None},
+            title="balances",
+        )
         return
     title = f"Balances of {user}" + (f" as of {at.isoformat()}" if at else "")
     out.table(data, BALANCE_COLUMNS, title=title)
@@ -160,7 +173,7 @@ def audit(
     csv_output: options.CsvOption = False,
     raw_csv: options.RawCsvOption = False,
 ) -> None:
-    from walletctl.core import history
+    from walletctl.core import history, policy
 
     chosen = [
         name
@@ -200,20 +213,32 @@ def audit(
         transaction_id = parse_transaction_id(txn)
         with state(ctx).connection() as conn:
             detail = history.transaction(conn, transaction_id)
-        _show_transaction(out, detail)
+            request = policy.request_by_key(conn, detail.idempotency_key)
+        _show_transaction(out, detail, request)
         return
     assert key is not None
     with state(ctx).connection() as conn:
         found = history.transaction_by_key(conn, key)
+        request = policy.request_by_key(conn, key)
+    if found is None and request is not None:
+        from walletctl.cli.policy_commands import REQUEST_NUMERIC, request_view
+
+        output.message(
+            f"key {key} filed request {request.id} ({request.status}); it has posted nothing"
+        )
+        out.record(request_view(request), title=f"Request {request.id}", numeric=REQUEST_NUMERIC)
+        return
     if found is None:
         if json_output:
             out.record({"idempotency_key": key, "transaction": None}, title="key")
         output.message(f"key {key} has not posted anything; a posting with it would be new")
         raise typer.Exit(ExitCode.NOT_FOUND)
-    _show_transaction(out, found)
+    _show_transaction(out, found, request)
 
 
-def _show_transaction(out: output.Output, detail: TransactionDetail) -> None:
+def _show_transaction(
+    out: output.Output, detail: TransactionDetail, request: CreditRequest | None = None
+) -> None:
     entries = [
         {
             "entry_id": entry.entry_id,
@@ -238,6 +263,10 @@ def _show_transaction(out: output.Output, detail: TransactionDetail) -> None:
         "reversed_by": detail.reversed_by,
         "entries_sum": detail.entries_sum,
     }
+    if request is not None:  # posted by approving a request: who asked, who approved
+        header["request_id"] = request.id
+        header["requested_by"] = request.requested_by
+        header["approved_by"] = request.decided_by
     if out.mode is output.Mode.JSON:
         out.record({**header, "entries": entries}, title="transaction")
         return

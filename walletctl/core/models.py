@@ -111,3 +111,5 @@ class UserSummary:
     created_at: datetime
     balances: tuple[tuple[str, int], ...]
     transactions: int
+    frozen: bool = False
+    """Frozen (walletctl user freeze): no spends or credits until unfrozen."""

@@ -14,9 +14,12 @@ import psycopg
 from psycopg import errors as pg
 
 from walletctl.errors import (
+    AlreadyDecided,
     AlreadyExists,
     AlreadyReversed,
+    ApprovalRequired,
     AssetNotFound,
+    BudgetExceeded,
     Busy,
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -24,7 +27,10 @@ from walletctl.errors import (
     InvalidAmount,
     InvalidInput,
     NotPermitted,
+    RequestExpired,
+    RequestNotFound,
     TransactionNotFound,
+    UserFrozen,
     UserNotFound,
     WalletError,
 )
@@ -43,6 +49,15 @@ UNBALANCED_ENTRIES = "WL011"
 MISSHAPEN_TRANSACTION = "WL012"
 BALANCE_DRIFT = "WL013"
 DUPLICATED_LINE = "WL014"
+# Operator controls (walletctl/sql/controls.sql).
+USER_FROZEN = "WL015"
+BUDGET_EXCEEDED = "WL016"
+APPROVAL_REQUIRED = "WL017"
+REQUEST_NOT_FOUND = "WL018"
+OWN_REQUEST = "WL019"
+ALREADY_DECIDED = "WL020"
+NOT_A_REQUEST = "WL021"
+REQUEST_EXPIRED = "WL022"
 
 # Nothing was written, and the same request may simply be sent again.
 _BUSY_SQLSTATES = {
@@ -60,8 +75,18 @@ _WHO_MAY = {
     "walletctl_add_asset": "walletctl_operator",
     "walletctl_post_batch": "walletctl_batch or walletctl_service",
     "walletctl_seal": "walletctl_batch",
+    "walletctl_request_credit": "walletctl_operator",
+    "walletctl_approve_request": "walletctl_approver",
+    "walletctl_reject_request": "walletctl_approver",
+    "walletctl_expire_requests": "walletctl_approver",
+    "walletctl_set_approval": "walletctl_admin",
+    "walletctl_set_budget": "walletctl_admin",
+    "walletctl_freeze_user": "walletctl_admin",
+    "walletctl_unfreeze_user": "walletctl_admin",
 }
-_READERS = "walletctl_operator, walletctl_batch or walletctl_finance"
+_READERS = (
+    "walletctl_operator, walletctl_batch, walletctl_finance, walletctl_approver or walletctl_admin"
+)
 
 
 class KeyClaimedConcurrently(Exception):
@@ -91,6 +116,22 @@ def translate(exc: psycopg.Error) -> Exception:
         return AlreadyReversed(message, transaction_id=_int_detail(exc))
     if code == REVERSAL_OF_REVERSAL:
         return AlreadyReversed(message, transaction_id=None)
+    if code == USER_FROZEN:
+        return UserFrozen(message)
+    if code == BUDGET_EXCEEDED:
+        return BudgetExceeded(message, remaining=_int_detail(exc))
+    if code == APPROVAL_REQUIRED:
+        return ApprovalRequired(message, threshold=_int_detail(exc))
+    if code == REQUEST_NOT_FOUND:
+        return RequestNotFound(message)
+    if code == OWN_REQUEST:
+        return NotPermitted(f"not permitted: {message}")
+    if code == ALREADY_DECIDED:
+        return AlreadyDecided(message)
+    if code == NOT_A_REQUEST:
+        return InvalidInput(message)
+    if code == REQUEST_EXPIRED:
+        return RequestExpired(message)
     if code == KEY_CLAIMED_CONCURRENTLY:
         return KeyClaimedConcurrently(message)
     if code in (INVALID_AMOUNT,) or isinstance(exc, pg.NumericValueOutOfRange):

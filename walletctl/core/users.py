@@ -17,7 +17,9 @@ SELECT a.external_id AS user_id, a.created_at,
            AS assets,
        coalesce(array_agg(b.balance ORDER BY s.code) FILTER (WHERE s.code IS NOT NULL), '{}')
            AS amounts,
-       (SELECT count(*) FROM ledger_entries e WHERE e.account_id = a.id) AS transactions
+       (SELECT count(*) FROM ledger_entries e WHERE e.account_id = a.id) AS transactions,
+       coalesce((SELECT f.frozen FROM user_freezes f WHERE f.user_id = a.external_id
+                 ORDER BY f.id DESC LIMIT 1), false) AS frozen
 FROM accounts a
 LEFT JOIN balances b ON b.account_id = a.id
 LEFT JOIN asset_types s ON s.id = b.asset_id
@@ -51,4 +53,5 @@ def _users(conn: Connection, params: dict[str, object]) -> Iterator[UserSummary]
                 created_at=row["created_at"],
                 balances=tuple(zip(row["assets"], row["amounts"], strict=True)),
                 transactions=row["transactions"],
+                frozen=row["frozen"],
             )

@@ -13,7 +13,10 @@
 --   below zero is refused alone (insufficient) while the others post;
 -- - atomic: with p_atomic, the first row that would not post or replay raises its error
 --   (its SQLSTATE, the line named) and nothing of the batch is written;
--- - line numbers name rows; a batch that repeats one is refused (WL014).
+-- - line numbers name rows; a batch that repeats one is refused (WL014);
+-- - operator controls (controls.sql): a row for a frozen user, or a credit above its
+--   asset's approval threshold, is refused alone (invalid, the detail says why); a batch
+--   whose credits exceed the caller's issuance budget is refused whole (WL016).
 --
 -- The running balances of a user's rows are one window sum when no spend in the group
 -- fails (the usual case); only groups with a refused spend are walked row by row.
@@ -64,6 +67,9 @@ BEGIN
                WHEN s.id IS NULL THEN 'asset_not_found'
                WHEN p_kind = 'bonus' AND r.reason IS NULL THEN 'reason_required'
                WHEN v_sign < 0 AND a.id IS NULL THEN 'not_found'
+               -- The operator controls (controls.sql), as for walletctl_post.
+               WHEN frozen.frozen THEN 'frozen'
+               WHEN r.amount > policy.approve_above THEN 'approval_required'
            END AS outcome,
            t.id AS prior_id,
            NULL::numeric AS balance_after
@@ -71,7 +77,15 @@ BEGIN
          AS r(line, user_id, asset, amount, idempotency_key, reason)
     LEFT JOIN asset_types s ON s.code = r.asset
     LEFT JOIN accounts a ON a.external_id = r.user_id
-    LEFT JOIN transactions t ON t.idempotency_key = r.idempotency_key;
+    LEFT JOIN transactions t ON t.idempotency_key = r.idempotency_key
+    LEFT JOIN LATERAL (
+        SELECT f.frozen FROM user_freezes f WHERE f.user_id = r.user_id
+        ORDER BY f.id DESC LIMIT 1
+    ) frozen ON true
+    LEFT JOIN LATERAL (
+        SELECT p.approve_above FROM asset_policies p WHERE p.asset = r.asset
+        ORDER BY p.id DESC LIMIT 1
+    ) policy ON v_sign > 0;
     ANALYZE walletctl_batch;  -- a temporary table has no statistics; the joins below need them
 
     -- Users are created by their first credit, and every credited balance row exists
@@ -182,9 +196,27 @@ BEGIN
                     WHEN 'conflict' THEN 'WL005'
                     WHEN 'invalid_amount' THEN 'WL009'
                     WHEN 'overflow' THEN 'WL009'
+                    WHEN 'frozen' THEN 'WL015'
+                    WHEN 'approval_required' THEN 'WL017'
                     ELSE '22023' END,
                 DETAIL = v_row.line::text;
         END IF;
+    END IF;
+
+    -- Issuance budgets: what the batch credits, per asset, charged to the caller's budgets
+    -- after the balance locks (assets in ascending order); over a budget, the whole batch
+    -- is refused (WL016) and nothing of it is written.
+    IF v_sign > 0 THEN
+        FOR v_group IN
+            SELECT b.asset, sum(b.amount)::bigint AS total
+            FROM walletctl_batch b
+            WHERE b.outcome = 'posted'
+              AND EXISTS (SELECT FROM issuance_budgets x WHERE x.asset = b.asset)
+            GROUP BY b.asset
+            ORDER BY b.asset
+        LOOP
+            PERFORM walletctl_charge_issuance(session_user, v_group.asset, v_group.total);
+        END LOOP;
     END IF;
 
     SELECT count(*) INTO v_expected FROM walletctl_batch b WHERE b.outcome = 'posted';
@@ -211,7 +243,8 @@ BEGIN
     RETURN QUERY
     SELECT b.line,
            CASE WHEN b.outcome IN ('invalid_amount', 'duplicate_key', 'asset_not_found',
-                                   'reason_required', 'overflow')
+                                   'reason_required', 'overflow', 'frozen',
+                                   'approval_required')
                 THEN 'invalid' ELSE b.outcome END,
            coalesce(t.transaction_id, b.prior_id),
            CASE b.outcome WHEN 'posted' THEN b.balance_after::bigint

@@ -62,6 +62,11 @@ CREATE FUNCTION walletctl_refusal(
             || ' was already used by transaction ' || p_prior_id || ' for a different request'
         WHEN 'insufficient' THEN 'insufficient funds: ' || p_user_id || ' holds '
             || p_balance || ' ' || p_asset || ', ' || p_amount || ' needed'
+        WHEN 'frozen' THEN 'user ' || p_user_id
+            || ' is frozen: no spends or credits until unfrozen (a reversal still posts)'
+        WHEN 'approval_required' THEN p_amount || ' ' || p_asset
+            || ' is above the approval threshold of ' || p_asset
+            || ': it needs a request and a second person''s approval (post it alone)'
     END
 $$;
 
@@ -251,19 +256,55 @@ END
 $$;
 
 -- A top-up, bonus or spend. Users are created on their first credit.
+--
+-- The operator controls (controls.sql) are looked up in one statement, one index probe
+-- each, so a posting no policy applies to pays little for them: a frozen user is refused
+-- (WL015), a credit above its asset's approval threshold is refused (WL017: file it with
+-- walletctl_request_credit), and a credit is charged to the caller's issuance budgets
+-- after its balance lock (WL016 undoes it when over). A key that already holds a posting
+-- still replays (or conflicts) whatever the policy says now.
 CREATE FUNCTION walletctl_post(
     p_kind text, p_user_id text, p_asset text, p_amount bigint,
     p_idempotency_key text, p_reason text, p_on_behalf_of text DEFAULT NULL
 ) RETURNS walletctl_receipt LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = public, pg_temp AS $$
+DECLARE
+    v_frozen boolean;
+    v_approve_above bigint;
+    v_budgeted boolean;
+    v_receipt walletctl_receipt;
 BEGIN
     IF p_kind IS NULL OR p_kind NOT IN ('topup', 'bonus', 'spend') THEN
         RAISE EXCEPTION 'unknown posting kind %', p_kind USING ERRCODE = '22023';
     END IF;
-    RETURN walletctl_post_one(
+    SELECT (SELECT f.frozen FROM user_freezes f WHERE f.user_id = p_user_id
+            ORDER BY f.id DESC LIMIT 1),
+           CASE WHEN p_kind <> 'spend' THEN
+               (SELECT p.approve_above FROM asset_policies p WHERE p.asset = p_asset
+                ORDER BY p.id DESC LIMIT 1)
+           END,
+           p_kind <> 'spend' AND EXISTS (SELECT FROM issuance_budgets b WHERE b.asset = p_asset)
+    INTO v_frozen, v_approve_above, v_budgeted;
+    IF (v_frozen OR p_amount > v_approve_above)
+       AND NOT EXISTS (SELECT FROM transactions t WHERE t.idempotency_key = p_idempotency_key)
+    THEN
+        IF v_frozen THEN
+            RAISE EXCEPTION '%', walletctl_refusal('frozen', p_user_id, p_asset, p_amount,
+                                                   p_idempotency_key, NULL, NULL)
+                USING ERRCODE = 'WL015';
+        END IF;
+        RAISE EXCEPTION '%', walletctl_refusal('approval_required', p_user_id, p_asset, p_amount,
+                                               p_idempotency_key, NULL, NULL)
+            USING ERRCODE = 'WL017', DETAIL = v_approve_above::text;
+    END IF;
+    v_receipt := walletctl_post_one(
         p_kind, p_user_id, p_asset, p_amount,
         CASE WHEN p_kind = 'spend' THEN -p_amount ELSE p_amount END,
         p_idempotency_key, p_reason, p_on_behalf_of, NULL);
+    IF v_budgeted AND NOT v_receipt.replayed THEN
+        PERFORM walletctl_charge_issuance(session_user, p_asset, p_amount);
+    END IF;
+    RETURN v_receipt;
 END
 $$;
 

@@ -76,19 +76,26 @@ END
 $revoke$;
 
 GRANT USAGE ON SCHEMA public
-    TO walletctl_operator, walletctl_batch, walletctl_service, walletctl_finance;
+    TO walletctl_operator, walletctl_batch, walletctl_service, walletctl_finance,
+       walletctl_approver, walletctl_admin;
 
 -- Reads. Every command checks the schema's revision first.
 GRANT SELECT ON alembic_version
-    TO walletctl_operator, walletctl_batch, walletctl_service, walletctl_finance;
+    TO walletctl_operator, walletctl_batch, walletctl_service, walletctl_finance,
+       walletctl_approver, walletctl_admin;
 GRANT SELECT ON accounts, asset_types, balances, transactions, ledger_entries,
-                seal_checkpoints, seal_blocks, seal_asset_totals
-    TO walletctl_operator, walletctl_batch, walletctl_finance;
+                seal_checkpoints, seal_blocks, seal_asset_totals,
+                asset_policies, issuance_budgets, issuance_usage, user_freezes,
+                credit_requests, credit_request_decisions
+    TO walletctl_operator, walletctl_batch, walletctl_finance, walletctl_approver,
+       walletctl_admin;
 GRANT EXECUTE ON FUNCTION walletctl_seal_digests(bigint, bigint),
                           walletctl_seal_blocks(bigint, bigint)
-    TO walletctl_operator, walletctl_batch, walletctl_finance;
+    TO walletctl_operator, walletctl_batch, walletctl_finance, walletctl_approver,
+       walletctl_admin;
 GRANT EXECUTE ON FUNCTION walletctl_balances(text)
-    TO walletctl_operator, walletctl_batch, walletctl_service, walletctl_finance;
+    TO walletctl_operator, walletctl_batch, walletctl_service, walletctl_finance,
+       walletctl_approver, walletctl_admin;
 
 -- Writes, each through its function.
 GRANT EXECUTE ON FUNCTION walletctl_post(text, text, text, bigint, text, text, text),
@@ -99,3 +106,18 @@ GRANT EXECUTE ON FUNCTION
     walletctl_post_batch(text, text, bigint[], text[], text[], bigint[], text[], text[], boolean)
     TO walletctl_batch, walletctl_service;
 GRANT EXECUTE ON FUNCTION walletctl_seal(bigint) TO walletctl_batch;
+
+-- Operator controls (controls.sql): operators file requests, approvers decide them, admins
+-- change policy.
+GRANT EXECUTE ON FUNCTION
+    walletctl_request_credit(text, text, text, bigint, text, text, text)
+    TO walletctl_operator;
+GRANT EXECUTE ON FUNCTION walletctl_approve_request(bigint, text),
+                          walletctl_reject_request(bigint, text),
+                          walletctl_expire_requests()
+    TO walletctl_approver;
+GRANT EXECUTE ON FUNCTION walletctl_set_approval(text, bigint, integer),
+                          walletctl_set_budget(text, text, bigint),
+                          walletctl_freeze_user(text, text),
+                          walletctl_unfreeze_user(text, text)
+    TO walletctl_admin;

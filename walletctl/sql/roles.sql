@@ -7,6 +7,8 @@
 --   walletctl_batch     bulk files, seal, reads
 --   walletctl_service   an application: postings and balance reads through the SQL API
 --   walletctl_finance   reads only: balances, audit, summary, export, reconcile
+--   walletctl_approver  approves or rejects requests for large credits (four eyes), reads
+--   walletctl_admin     changes policy: approval thresholds, budgets, frozen users; reads
 -- What each may do is granted per database in privileges.sql.
 DO $roles$
 DECLARE
@@ -15,7 +17,7 @@ DECLARE
 BEGIN
     FOREACH v_role IN ARRAY ARRAY[
         'walletctl_owner', 'walletctl_operator', 'walletctl_batch', 'walletctl_service',
-        'walletctl_finance'
+        'walletctl_finance', 'walletctl_approver', 'walletctl_admin'
     ] LOOP
         SELECT * INTO v_existing FROM pg_roles r WHERE r.rolname = v_role;
         IF NOT FOUND THEN
