@@ -107,7 +107,8 @@ def require_current_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None
 
 EMBEDDED_LOGIN_ROLE = "walletctl_local"
 """The embedded server's everyday login: its owner's commands run with least privilege
-(operator, batch and finance), as on a shared server; only the db commands that change the
+(operator, batch, finance, and admin to set its own policies: one person has no second
+pair of eyes to be an approver), as on a shared server; only the db commands that change the
 schema or the roles log in as the server's superuser."""
 
 _EMBEDDED_LOGIN_SQL = """
@@ -118,7 +119,8 @@ BEGIN
     END IF;
 END
 $$;
-GRANT walletctl_operator, walletctl_batch, walletctl_finance TO walletctl_local;
+GRANT walletctl_operator, walletctl_batch, walletctl_finance, walletctl_admin
+    TO walletctl_local;
 """
 
 
