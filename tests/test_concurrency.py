@@ -17,6 +17,7 @@ from walletctl.core import assets, posting
 from walletctl.core.models import Receipt
 from walletctl.errors import AlreadyReversed, InsufficientFunds, WalletError
 
+from .conftest import library_connection, through_pgbouncer_too
 from .helpers import assert_ledger_consistent, balance_of
 
 Conn = psycopg.Connection[Any]
@@ -35,6 +36,7 @@ def _run_together(workers: int, job: Callable[[int], Any]) -> list[Any]:
         return list(pool.map(released, range(workers)))
 
 
+@through_pgbouncer_too
 def test_fifty_concurrent_spends_of_ten_on_two_hundred(conn: Conn, connect: Any) -> None:
     posting.topup(conn, "alice", 200, idempotency_key="fund", **OPS)
     connections = [connect() for _ in range(50)]
@@ -55,6 +57,7 @@ def test_fifty_concurrent_spends_of_ten_on_two_hundred(conn: Conn, connect: Any)
     assert_ledger_consistent(conn)
 
 
+@through_pgbouncer_too
 def test_racing_identical_keys_post_once_and_all_get_its_receipt(conn: Conn, connect: Any) -> None:
     connections = [connect() for _ in range(32)]
 
@@ -70,6 +73,7 @@ def test_racing_identical_keys_post_once_and_all_get_its_receipt(conn: Conn, con
     assert_ledger_consistent(conn)
 
 
+@through_pgbouncer_too
 def test_racing_identical_keys_on_an_existing_user_with_spends(conn: Conn, connect: Any) -> None:
     posting.topup(conn, "alice", 1000, idempotency_key="fund", **OPS)
     connections = [connect() for _ in range(32)]
@@ -83,19 +87,22 @@ def test_racing_identical_keys_on_an_existing_user_with_spends(conn: Conn, conne
     assert_ledger_consistent(conn)
 
 
-def _race_in_process(url: str, barrier: Any, results: Any) -> None:
-    with psycopg.connect(url, autocommit=True) as connection:
+def _race_in_process(url: str, route: str, barrier: Any, results: Any) -> None:
+    with library_connection(url, route) as connection:
         barrier.wait()
         receipt = posting.topup(connection, "carol", 9, idempotency_key="proc", **OPS)
         results.put((receipt.transaction_id, receipt.replayed))
 
 
-def test_racing_identical_keys_from_separate_processes(conn: Conn, clean_db: str) -> None:
+@through_pgbouncer_too
+def test_racing_identical_keys_from_separate_processes(
+    conn: Conn, ops_url: str, route: str
+) -> None:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(8)
     results = context.Queue()
     processes = [
-        context.Process(target=_race_in_process, args=(clean_db, barrier, results))
+        context.Process(target=_race_in_process, args=(ops_url, route, barrier, results))
         for _ in range(8)
     ]
     for process in processes:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from walletctl import conninfo
 from walletctl.cli import options, output
 from walletctl.cli.app import app, state
 from walletctl.cli.exit_codes import ExitCode
@@ -121,7 +122,7 @@ def user_list(
     out = output.Output(
         output.choose_mode(json_output=json_output, csv_output=csv_output, raw_csv=raw_csv)
     )
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         out.table(
             (
                 _user_row(s, structured=json_output)
@@ -142,7 +143,7 @@ def user_show(
     from walletctl.core import users
 
     out = output.Output(output.choose_mode(json_output=json_output))
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         summary = users.show_user(conn, user)
     out.record(_user_row(summary, structured=json_output), title=f"User {user}")
 
@@ -163,18 +164,19 @@ def db_upgrade(ctx: typer.Context) -> None:
 
 @db_app.command(
     "status",
-    help="Which database, embedded or server, schema revision vs "
-    "head, server version. Never prints a password.",
+    help="Which database and why (option, environment, config file, PG* variables or the "
+    "embedded default), the server it reached, schema revision vs head, server version, "
+    "and the read server with its lag when one is configured. Never prints a password.",
 )
 def db_status(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
     from walletctl import database, embedded
-    from walletctl.config import mask_url
     from walletctl.roles import function_drift
 
     out = output.Output(output.choose_mode(json_output=json_output))
     target = state(ctx).target()
     status: dict[str, Any] = {
         "source": target.source,
+        "why": target.reason or None,
         "mode": "embedded" if target.embedded else "server",
         "database": None,
         "data_dir": str(target.data_dir) if target.data_dir else None,
@@ -196,21 +198,46 @@ def db_status(ctx: typer.Context, json_output: options.JsonOption = False) -> No
             return
         url = server.url()
     assert url is not None
-    status["database"] = mask_url(url)
+    status["database"] = target.shown if not target.embedded else conninfo.masked(url)
     with database.open_connection(url) as conn:
         status["running"] = True
+        status["connected_to"] = _connected_to(conn)
+        status["through_pooler"] = database.behind_pooler(conn)
         status["server_version"] = conn.info.parameter_status("server_version")
         revision = database.schema_state(conn).revision
         drift = function_drift(conn) if revision == database.SCHEMA_HEAD else []
     status["schema_revision"] = revision
     status["schema_current"] = revision == database.SCHEMA_HEAD
     status["functions_differing"] = drift
+    read = state(ctx).read_target()
+    if read is not None:
+        status["read"] = _read_status(read)
     out.record(status, title="walletctl database")
     if drift:
         output.message(
             f"{len(drift)} function(s) differ from this walletctl's SQL at the same revision "
             f"({', '.join(drift)}): someone replaced them, or this walletctl is another build"
         )
+
+
+def _connected_to(conn: Any) -> str:
+    info = conn.info
+    return f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
+
+
+def _read_status(read: Any) -> dict[str, Any]:
+    """Where reports read, and how far behind it is (or why it cannot be reached)."""
+    from walletctl import database, replica
+    from walletctl.errors import WalletError
+
+    shown: dict[str, Any] = {"source": read.source, "database": read.shown}
+    try:
+        with database.open_connection(read.url) as conn:
+            shown["connected_to"] = _connected_to(conn)
+            shown.update(replica.measure(conn).to_json())
+    except WalletError as exc:
+        shown["error"] = str(exc)
+    return shown
 
 
 MEMBERSHIP_COLUMNS = (
@@ -308,7 +335,6 @@ def demo(
         balance_rows,
         statement_rows,
     )
-    from walletctl.config import mask_url
     from walletctl.core import assets, balances, history, posting
     from walletctl.core.reconcile import reconcile
     from walletctl.errors import AlreadyExists, Refused
@@ -317,7 +343,7 @@ def demo(
     if not target.embedded and not yes:
         assert target.url is not None
         raise Refused(
-            f"demo would post sample transactions into {mask_url(target.url)} (from "
+            f"demo would post sample transactions into {target.shown} (from "
             f"{target.source}), where they can never be deleted; run it on the embedded "
             "server (no URL configured) or confirm with --yes"
         )

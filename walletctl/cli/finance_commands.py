@@ -66,7 +66,7 @@ def reconcile(
 
     out = output.Output(output.choose_mode(json_output=json_output))
     started = time.monotonic()
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         report = run_reconcile(conn, full=full)
     if metrics_file is not None:
         from walletctl.cli import metrics
@@ -180,7 +180,7 @@ def show_summary(
 
     start = options.parse_time(since, "--since")
     end = options.parse_time(until, "--until")
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         rows = period_summary(conn, since=start, until=end, asset=asset)
     data = [asdict(row) for row in rows]
     if out.mode is output.Mode.JSON:
@@ -223,7 +223,7 @@ def export(
         raise InvalidInput("--raw-csv only goes with --format csv")
     start = options.parse_time(since, "--since")
     end = options.parse_time(until, "--until")
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         if output_path is None:
             count = exporting.export(
                 conn, sys.stdout, chosen, since=start, until=end, raw_csv=raw_csv

@@ -56,6 +56,25 @@ def choose_mode(
     return Mode.RICH if sys.stdout.isatty() else Mode.PLAIN
 
 
+_json_annotations: dict[str, Any] = {}
+
+
+def annotate_json(key: str, value: Any) -> None:
+    """Add ``key`` to every JSON object this command prints at the top level (a record, each
+    line of JSON lines, each element of a JSON list): where a report was read from, say."""
+    _json_annotations[key] = value
+
+
+def clear_annotations() -> None:
+    _json_annotations.clear()
+
+
+def _annotated(value: Any) -> Any:
+    if _json_annotations and isinstance(value, Mapping):
+        return {**value, **_json_annotations}
+    return value
+
+
 def message(text: str) -> None:
     """A line for the person running the command, on stderr."""
     print(text, file=sys.stderr, flush=True)
@@ -128,7 +147,7 @@ class Output:
     def record(self, data: Mapping[str, Any], *, title: str, numeric: Sequence[str] = ()) -> None:
         """One object: a panel on a terminal, ``key<TAB>value`` lines in a pipe."""
         if self.mode is Mode.JSON:
-            print(dumps(data), file=self.stream)
+            print(dumps(_annotated(data)), file=self.stream)
         elif self.mode is Mode.RICH:
             from rich.table import Table
 
@@ -157,10 +176,10 @@ class Output:
         if self.mode is Mode.JSON:
             if json_lines:
                 for row in rows:
-                    print(dumps(row), file=self.stream)
+                    print(dumps(_annotated(row)), file=self.stream)
                     count += 1
             else:
-                materialised = list(rows)
+                materialised = [_annotated(row) for row in rows]
                 count = len(materialised)
                 print(dumps(materialised), file=self.stream)
         elif self.mode in (Mode.CSV, Mode.RAW_CSV):

@@ -94,7 +94,7 @@ def balance(
     if treasury:
         if user is not None or as_of is not None:
             raise InvalidInput("--treasury takes no user and no --as-of")
-        with state(ctx).connection() as conn:
+        with state(ctx).read_connection() as conn:
             liabilities = balances.outstanding(conn)
         out.table(
             [
@@ -114,7 +114,7 @@ def balance(
         raise InvalidInput("give a user id, or --treasury")
     from walletctl.core import policy
 
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         data = balance_rows(balances.balances(conn, user, asset=asset, as_of=at))
         freeze = policy.current_freeze(conn, user)
     if freeze is not None:
@@ -198,7 +198,7 @@ def audit(
             until=options.parse_time(until, "--until"),
             limit=limit,
         )
-        with state(ctx).connection() as conn:
+        with state(ctx).read_connection() as conn:
             lines = history.statement(conn, user, where)
             out.table(
                 statement_rows(lines),
@@ -211,13 +211,13 @@ def audit(
         from walletctl.cli.posting_commands import parse_transaction_id
 
         transaction_id = parse_transaction_id(txn)
-        with state(ctx).connection() as conn:
+        with state(ctx).read_connection() as conn:
             detail = history.transaction(conn, transaction_id)
             request = policy.request_by_key(conn, detail.idempotency_key)
         _show_transaction(out, detail, request)
         return
     assert key is not None
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         found = history.transaction_by_key(conn, key)
         request = policy.request_by_key(conn, key)
     if found is None and request is not None:

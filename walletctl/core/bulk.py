@@ -401,11 +401,34 @@ LIMIT 3
 """
 
 
-def try_lock_file(conn: Connection, kind: PostingKind, digest: bytes) -> bool:
-    """Take the session lock for this file and kind; False if another run holds it."""
+@contextmanager
+def file_lock(conn: Connection, kind: PostingKind, digest: bytes) -> Iterator[None]:
+    """Hold the lock of this file and kind for as long as the block runs; ConcurrentRun when
+    another run holds it.
+
+    ``conn`` must be a connection of its own, used for nothing else meanwhile: the lock is a
+    transaction-level advisory lock, held by a transaction that stays open on ``conn`` for
+    the whole run (the batches commit on other connections). So it also holds through
+    PgBouncer in transaction pooling, where the open transaction keeps its one server
+    session, and it goes away with the run: a client that dies has its transaction rolled
+    back. (A session-level lock would stay behind in a pooled server session, held for
+    whoever gets that session next.) The key is the one earlier versions locked at session
+    level, so a run of either kind keeps the other out."""
     key = int.from_bytes(hashlib.sha256(kind.encode() + digest).digest()[:4], "big", signed=True)
-    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_FILE_LOCK_CLASS, key)).fetchone()
-    return bool(row and row[0])
+    with conn.transaction():
+        # The transaction is idle while the batches run elsewhere: a server-wide
+        # idle_in_transaction_session_timeout must not end it (and the lock) mid-run.
+        conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        row = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(%s, %s)", (_FILE_LOCK_CLASS, key)
+        ).fetchone()
+        if not (row and row[0]):
+            raise ConcurrentRun(
+                f"another walletctl is posting this file ({kind}) right now; nothing was "
+                "posted by this run (run it again once the other has finished: posted rows "
+                "replay)"
+            )
+        yield
 
 
 def post_rows_in_parallel(

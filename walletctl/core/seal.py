@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -164,10 +165,7 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
 
     The caller should reconcile first: a seal records what is there, right or wrong.
     """
-    locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (SEAL_LOCK_ID,)).fetchone()
-    if not locked or not locked[0]:
-        raise ConcurrentRun("another walletctl seal is running")
-    try:
+    with _sole_sealer(conn):
         previous = latest_checkpoint(conn)
         previous_horizon = previous.horizon if previous else 0
         horizon = safe_horizon(conn, wait_seconds=wait_seconds)
@@ -175,8 +173,22 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
             return None
         with conn.transaction():
             return _write_checkpoint(conn, horizon)
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (SEAL_LOCK_ID,))
+
+
+@contextmanager
+def _sole_sealer(conn: Connection) -> Iterator[None]:
+    """One seal at a time: the whole seal runs in one transaction holding a
+    transaction-level advisory lock (ConcurrentRun when another seal holds it).
+
+    Not a session-level lock: behind PgBouncer in transaction pooling its unlock could run
+    in another server session and leave the lock behind, held for whoever gets that session
+    next. A transaction keeps its one server session, and ends (lock and all) with the
+    client that dies."""
+    with conn.transaction():
+        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (SEAL_LOCK_ID,)).fetchone()
+        if not locked or not locked[0]:
+            raise ConcurrentRun("another walletctl seal is running")
+        yield
 
 
 def _write_checkpoint(conn: Connection, horizon: int) -> Checkpoint:
@@ -258,13 +270,20 @@ def tripwire(conn: Connection, checkpoint: Checkpoint | None) -> list[str]:
     reasons = []
     filenodes = conn.execute(_FILENODES_SQL).fetchone()
     changes = conn.execute(_LEDGER_CHANGES_SQL).fetchone()
-    assert filenodes is not None and changes is not None
+    standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    assert filenodes is not None and changes is not None and standby is not None
     if (filenodes[0], filenodes[1]) != (
         checkpoint.transactions_filenode,
         checkpoint.ledger_entries_filenode,
     ):
         reasons.append("a ledger table was truncated or rewritten since the last seal")
-    if int(changes[0]) != checkpoint.ledger_changes:
+    if standby[0]:
+        # A standby counts only its own writes (none): changes made on the primary are
+        # invisible to this count, so only re-hashing can vouch for sealed history here.
+        reasons.append(
+            "on a standby PostgreSQL does not count the rows the primary updated or deleted"
+        )
+    elif int(changes[0]) != checkpoint.ledger_changes:
         reasons.append(
             f"PostgreSQL counted {int(changes[0]) - checkpoint.ledger_changes:+} updated or "
             "deleted ledger rows since the last seal (or its statistics were reset)"
