@@ -31,19 +31,17 @@ Each configuration runs --rounds times on a fresh copy of one template database;
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import random
 import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-from bench.common import Timing, markdown_table, median, print_table
+from bench.common import Timing, Worker, markdown_table, median, print_table, run_groups
 from tests import servers
 from walletctl import database, migrate, replica
 from walletctl.core import balances, history, posting
@@ -76,55 +74,6 @@ class Deployment:
 
     def pooled(self, database_name: str, user: str = OPERATOR) -> str:
         return self.bouncer.url(database_name, user)
-
-
-Worker = Callable[[int, float], tuple[int, list[float]]]
-
-
-def _run_worker(worker: Worker, index: int, barrier: Any, start_at: Any, results: Any) -> None:
-    barrier.wait()
-    count, latencies = worker(index, start_at.value)
-    results.put((index, count, latencies, time.monotonic()))
-
-
-def run_groups(groups: Sequence[tuple[Worker, int]], seconds: float) -> list[Timing]:
-    """Run every group's ``count`` processes of its worker together for ``seconds``; one
-    Timing per group."""
-    context = multiprocessing.get_context("fork")
-    total = sum(count for _, count in groups)
-    barrier = context.Barrier(total + 1)
-    start_at = context.Value("d", 0.0)
-    results = context.Queue()
-    processes = []
-    owner: dict[int, int] = {}
-    index = 0
-    for group, (worker, count) in enumerate(groups):
-        for _ in range(count):
-            owner[index] = group
-            processes.append(
-                context.Process(
-                    target=_run_worker, args=(worker, index, barrier, start_at, results)
-                )
-            )
-            index += 1
-    for process in processes:
-        process.start()
-    time.sleep(0.5)  # connections open before the clock starts
-    begin = time.monotonic()
-    start_at.value = begin + seconds
-    barrier.wait()
-    outcomes = [results.get(timeout=seconds + 180) for _ in processes]
-    for process in processes:
-        process.join()
-        if process.exitcode != 0:
-            raise RuntimeError(f"a benchmark client failed (exit {process.exitcode})")
-    timings = []
-    for group in range(len(groups)):
-        mine = [outcome for outcome in outcomes if owner[outcome[0]] == group]
-        elapsed = max(outcome[3] for outcome in mine) - begin
-        latencies = [latency for outcome in mine for latency in outcome[2]]
-        timings.append(Timing(sum(outcome[1] for outcome in mine), elapsed, latencies))
-    return timings
 
 
 def posting_worker(url: str, prepared: str, users: int) -> Worker:
