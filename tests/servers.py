@@ -285,10 +285,14 @@ def start_pgbouncer(
             account = pwd.getpwnam(SERVER_ACCOUNT)
             for path in (ini, auth_file):
                 os.chown(path, account.pw_uid, account.pw_gid)
+        # Started as the server account directly (not through runuser, which on a signal
+        # waits two seconds before it passes on a kill), so stop() ends PgBouncer itself.
+        account = {"user": SERVER_ACCOUNT, "group": SERVER_ACCOUNT, "extra_groups": []}
         process = subprocess.Popen(
-            _as_server_account([binary, str(ini)]),
+            [binary, str(ini)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            **(account if os.geteuid() == 0 else {}),  # type: ignore[arg-type]
         )
         bouncer = PgBouncer(folder, port, process)
         if _accepts(port, process):
