@@ -46,10 +46,15 @@ def _checks(report: Any) -> dict[str, Any]:
 
 
 def _tamper(url: str, sql: str) -> None:
-    """What a superuser with psql could do: switch the guards off, change history."""
+    """What a superuser with psql could do: switch the guards off, change history. Its
+    session's counts of updated and deleted rows reach PostgreSQL's statistics before this
+    returns (a backend flushes them at most once a second, or when it exits, after the
+    client has moved on), so the reconcile that follows cannot race them."""
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute("SET session_replication_role = replica")
         admin.execute(sql)
+        admin.execute("SELECT pg_stat_force_next_flush()")
+        admin.execute("SELECT 1")  # flushed before this statement's answer
 
 
 @through_pgbouncer_too
