@@ -315,16 +315,23 @@ def _fresh_statistics(url: str) -> None:
             admin.execute("SELECT pg_stat_reset_single_table_counters(%s::regclass)", (table,))
 
 
-def test_editing_sealed_rows_then_resetting_the_statistics_is_still_caught(
-    conn: Conn, clean_db: str
-) -> None:
+def _sealed_topups(conn: Conn, url: str) -> tuple[list[int], Any]:
+    """Twelve top-ups over four users, sealed, in a deployment whose statistics count no
+    change to the ledger tables yet (as in production: nothing ever updates them)."""
     ids = [
         posting.topup(conn, f"user-{i % 4}", 10 + i, idempotency_key=f"t{i}", **OPS).transaction_id
         for i in range(12)
     ]
-    _fresh_statistics(clean_db)
+    _fresh_statistics(url)
     checkpoint = seal.seal(conn)
     assert checkpoint is not None
+    return ids, checkpoint
+
+
+def test_editing_sealed_rows_then_resetting_the_statistics_is_still_caught(
+    conn: Conn, clean_db: str
+) -> None:
+    ids, checkpoint = _sealed_topups(conn, clean_db)
     victim = ids[3]
     _tamper(
         clean_db,
@@ -342,6 +349,11 @@ def test_editing_sealed_rows_then_resetting_the_statistics_is_still_caught(
     )
     assert "statistics of this database were reset" in stderr
     assert f"rows of sealed transaction(s) {victim} were written after" in stderr
+    full = _failed(reconcile(conn, full=True))
+    assert full["sealed_history_unchanged"][0].startswith(
+        f"checkpoint {checkpoint.id}: transaction(s) {victim} no longer match"
+    )
+    assert full["zero_sum_per_transaction"] == (f"transaction {victim}",)
 
 
 def test_editing_sealed_rows_with_the_statistics_switched_off_is_still_caught(
@@ -350,12 +362,7 @@ def test_editing_sealed_rows_with_the_statistics_switched_off_is_still_caught(
     """No reset at all: a superuser's session may simply not count (track_counts = off).
     The edited row's new version is stored after the seal's last page, by a transaction the
     seal did not see."""
-    ids = [
-        posting.topup(conn, f"user-{i % 4}", 10 + i, idempotency_key=f"t{i}", **OPS).transaction_id
-        for i in range(12)
-    ]
-    _fresh_statistics(clean_db)
-    assert seal.seal(conn) is not None
+    ids, _ = _sealed_topups(conn, clean_db)
     with psycopg.connect(clean_db, autocommit=True) as admin:
         admin.execute("SET track_counts = off")
         admin.execute("SET session_replication_role = replica")
@@ -372,13 +379,7 @@ def test_the_documented_limit_a_delete_with_statistics_off_needs_full(
 ) -> None:
     """README, Known limits: a DELETE writes no new row, and with the statistics off it
     leaves nothing the default reconcile reads; --full re-hashes the history and names it."""
-    ids = [
-        posting.topup(conn, f"user-{i % 4}", 10 + i, idempotency_key=f"t{i}", **OPS).transaction_id
-        for i in range(12)
-    ]
-    _fresh_statistics(clean_db)
-    checkpoint = seal.seal(conn)
-    assert checkpoint is not None
+    ids, checkpoint = _sealed_topups(conn, clean_db)
     victim = ids[2]  # not the last entry of its user, so no cached balance moves
     with psycopg.connect(clean_db, autocommit=True) as admin:
         admin.execute("SET track_counts = off")
