@@ -17,12 +17,13 @@ least privilege, Operator controls):
 - identifiers (user ids, keys, actors, notes, asset names, roles) may not hold invisible or
   look-alike space characters and must be in Unicode normal form C.
 
-The SQL of this revision is frozen in sql_0006/ beside this file. An identifier already in
-the ledger that breaks the new text rule does not stop the upgrade: its constraint is then
-left NOT VALID (it holds for every new row), and the upgrade says which.
+The SQL of this revision is frozen in sql_0007/ beside this file (seal.sql, unchanged here,
+stays in sql_0006/). An identifier already in the ledger that breaks the new text rule
+does not stop the upgrade: its constraint is then left NOT VALID (it holds for every new
+row), and the upgrade says which.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-05 11:00:00
 """
 
@@ -34,8 +35,8 @@ from pathlib import Path
 
 from alembic import op
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -141,9 +142,9 @@ def _functions(revision_dir: str, replaced: dict[str, tuple[str, ...]]) -> str:
 
 def upgrade() -> None:
     op.execute(DROP_CHANGED_SQL)
-    op.execute(_functions("sql_0006", REPLACED))
+    op.execute(_functions("sql_0007", REPLACED))
     op.execute(_text_rules(hardened=True))
-    op.execute(_frozen("sql_0006", "privileges"))
+    op.execute(_frozen("sql_0007", "privileges"))
 
 
 def downgrade() -> None:
