@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from walletctl.core import posting, seal
+from walletctl.core import checkpoints, posting, seal
 
 from .cli_helpers import Cli
 from .conftest import _with_database
@@ -48,7 +48,7 @@ def test_a_pg_dump_restores_a_ledger_that_reconciles_and_proves_its_seal(
         assert "tripwire" in result.stderr and "re-hashed all sealed history" in result.stderr
         assert cli("reconcile", "--full").exit_code == 0
         with psycopg.connect(restored_url, autocommit=True) as look:
-            (kept,) = seal.checkpoints(look)
+            (kept,) = checkpoints.checkpoints(look)
         assert kept.hash == checkpoint.hash
         balance = json.loads(cli("balance", "u1", "--json").stdout)["balances"][0]["balance"]
         assert balance == sum(100 + i for i in range(20) if i % 4 == 1) - 50

@@ -67,6 +67,8 @@ def exit_code_for(error: BaseException) -> ExitCode:
             return ExitCode.BUSY
         case errors.StandbyTooFarBehind():
             return ExitCode.STANDBY_BEHIND
+        case errors.ReconcileFailed():
+            return ExitCode.RECONCILE_FAILED
         case errors.DatabaseUnavailable() | errors.SchemaOutOfDate():
             return ExitCode.DATABASE_UNAVAILABLE
         case errors.Refused():

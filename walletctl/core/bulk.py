@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from walletctl.core import validation
+from walletctl.core import locks, validation
 from walletctl.core.models import Connection, PostingKind
 from walletctl.core.sqlerrors import KEY_CLAIMED_CONCURRENTLY, raise_translated
 from walletctl.errors import ConcurrentRun, InvalidInput, WalletError
@@ -401,34 +401,19 @@ LIMIT 3
 """
 
 
-@contextmanager
-def file_lock(conn: Connection, kind: PostingKind, digest: bytes) -> Iterator[None]:
+def file_lock(conn: Connection, kind: PostingKind, digest: bytes) -> AbstractContextManager[None]:
     """Hold the lock of this file and kind for as long as the block runs; ConcurrentRun when
-    another run holds it.
-
-    ``conn`` must be a connection of its own, used for nothing else meanwhile: the lock is a
-    transaction-level advisory lock, held by a transaction that stays open on ``conn`` for
-    the whole run (the batches commit on other connections). So it also holds through
-    PgBouncer in transaction pooling, where the open transaction keeps its one server
-    session, and it goes away with the run: a client that dies has its transaction rolled
-    back. (A session-level lock would stay behind in a pooled server session, held for
-    whoever gets that session next.) The key is the one earlier versions locked at session
-    level, so a run of either kind keeps the other out."""
+    another run holds it. ``conn`` is a connection of its own, used for nothing else
+    meanwhile: the lock is held by a transaction open on it (walletctl.core.locks), while
+    the batches commit on other connections. The key is the one earlier versions locked at
+    session level, so a run of either version keeps the other out."""
     key = int.from_bytes(hashlib.sha256(kind.encode() + digest).digest()[:4], "big", signed=True)
-    with conn.transaction():
-        # The transaction is idle while the batches run elsewhere: a server-wide
-        # idle_in_transaction_session_timeout must not end it (and the lock) mid-run.
-        conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
-        row = conn.execute(
-            "SELECT pg_try_advisory_xact_lock(%s, %s)", (_FILE_LOCK_CLASS, key)
-        ).fetchone()
-        if not (row and row[0]):
-            raise ConcurrentRun(
-                f"another walletctl is posting this file ({kind}) right now; nothing was "
-                "posted by this run (run it again once the other has finished: posted rows "
-                "replay)"
-            )
-        yield
+    return locks.held(
+        conn,
+        (_FILE_LOCK_CLASS, key),
+        f"another walletctl is posting this file ({kind}) right now; nothing was posted by "
+        "this run (run it again once the other has finished: posted rows replay)",
+    )
 
 
 def post_rows_in_parallel(
