@@ -14,6 +14,7 @@ from typing import Literal
 
 from psycopg.rows import class_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import Connection, PostingKind, Receipt
 from walletctl.core.sqlerrors import translated
@@ -204,6 +205,7 @@ def budgets(conn: Connection) -> list[Budget]:
         ).fetchall()
 
 
+@on_proxy("binding_budgets")
 def binding_budgets(conn: Connection, asset: str) -> list[Budget]:
     """The budgets of ``asset`` that bind the identity logged in (its own, and its group
     roles'), as walletctl_charge_issuance applies them."""
@@ -230,6 +232,7 @@ def binding_budgets(conn: Connection, asset: str) -> list[Budget]:
         ).fetchall()
 
 
+@on_proxy("current_freeze")
 def current_freeze(conn: Connection, user_id: str) -> Freeze | None:
     """The freeze in force on the user (None: not frozen)."""
     with translated(), conn.cursor(row_factory=class_row(Freeze)) as cursor:
@@ -317,6 +320,7 @@ def show_request(conn: Connection, request_id: int) -> CreditRequest:
     return found
 
 
+@on_proxy("request_by_key")
 def request_by_key(conn: Connection, idempotency_key: str) -> CreditRequest | None:
     """The request an idempotency key filed, if any."""
     params = {"id": None, "key": validation.idempotency_key(idempotency_key)}

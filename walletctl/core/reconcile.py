@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import reconcile_sql as sql
 from walletctl.core import seal
 from walletctl.core.models import Connection
@@ -73,6 +74,7 @@ def _ids(prefix: str, values: Sequence[Any] | None) -> tuple[str, ...]:
     return tuple(f"{prefix}{value}" for value in values or ())
 
 
+@on_proxy("reconcile")
 def reconcile(conn: Connection, *, full: bool = False) -> ReconcileReport:
     """Run every check: over what came after the last checkpoint, or the whole ledger.
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core.models import Connection
 from walletctl.errors import ConcurrentRun
 
@@ -159,6 +160,7 @@ def safe_horizon(conn: Connection, *, wait_seconds: float) -> int:
         time.sleep(0.05)
 
 
+@on_proxy("seal")
 def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
     """Seal everything committed since the last checkpoint. None when nothing is new.
 

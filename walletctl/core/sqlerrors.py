@@ -6,6 +6,7 @@ constraints raise the standard ones, recognised by constraint name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -58,6 +59,7 @@ OWN_REQUEST = "WL019"
 ALREADY_DECIDED = "WL020"
 NOT_A_REQUEST = "WL021"
 REQUEST_EXPIRED = "WL022"
+FEATURE_NOT_SUPPORTED = "0A000"
 
 # Nothing was written, and the same request may simply be sent again.
 _BUSY_SQLSTATES = {
@@ -93,14 +95,20 @@ class KeyClaimedConcurrently(Exception):
     """Internal: another posting with the same key committed first; ask again."""
 
 
+# PL/Proxy re-raises a partition's error on the proxy with its SQLSTATE, the message
+# prefixed with the function and partition database, the detail with "Remote detail: ".
+_PLPROXY_PREFIX = re.compile(r"^[\w.]+\(\d+\): \[[^\]]*\] REMOTE ERROR: ")
+_PLPROXY_DETAIL = "Remote detail: "
+
+
 def _int_detail(exc: psycopg.Error) -> int:
-    detail = exc.diag.message_detail or ""
+    detail = (exc.diag.message_detail or "").removeprefix(_PLPROXY_DETAIL)
     return int(detail) if detail.lstrip("-").isdigit() else 0
 
 
 def translate(exc: psycopg.Error) -> Exception:
     """The typed error for a database error (the error itself when it has no meaning here)."""
-    message = exc.diag.message_primary or str(exc).strip()
+    message = _PLPROXY_PREFIX.sub("", exc.diag.message_primary or str(exc).strip())
     code = exc.sqlstate
     if code == INSUFFICIENT_FUNDS:
         return InsufficientFunds(message, balance=_int_detail(exc), requested=0)
@@ -153,6 +161,8 @@ def translate(exc: psycopg.Error) -> Exception:
         DUPLICATED_LINE,
     ):
         return InvalidInput(f"refused by the database: {message}")
+    if code == FEATURE_NOT_SUPPORTED and message.startswith("an atomic batch"):
+        return InvalidInput(message)  # the proxy's walletctl_post_batch (proxy.sql)
     if code in _BUSY_SQLSTATES:
         return Busy(
             f"busy: {_BUSY_SQLSTATES[code]} ({message}); nothing was written, retrying with "
