@@ -97,7 +97,7 @@ class KeyClaimedConcurrently(Exception):
 
 # PL/Proxy re-raises a partition's error on the proxy with its SQLSTATE, the message
 # prefixed with the function and partition database, the detail with "Remote detail: ".
-_PLPROXY_PREFIX = re.compile(r"^[\w.]+\(\d+\): \[[^\]]*\] REMOTE ERROR: ")
+_PLPROXY_PREFIX = re.compile(r"^[\w.]+\(\d+\): \[[^\]]*\] REMOTE [A-Z]+: ")
 _PLPROXY_DETAIL = "Remote detail: "
 
 
