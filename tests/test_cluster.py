@@ -5,6 +5,8 @@ proxy, as an operator; the partitions read as superuser to see where rows went."
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -336,3 +338,48 @@ def test_the_proxy_gives_a_role_nothing_its_partitions_do_not(
     for url in clean_cluster.partitions:
         with psycopg.connect(url) as conn:
             assert_ledger_consistent(conn)
+
+
+@pytest.mark.skipif(shutil.which("hledger") is None, reason="hledger is not installed")
+def test_export_through_the_proxy_streams_each_partition_as_one_file(
+    proxy_cli: Cli, clean_cluster: ClusterUrls, tmp_path: Path
+) -> None:
+    from walletctl.core.export import TREASURY_ACCOUNT, account_name
+
+    from .test_finance import _beancount_balances, _hledger_balances
+
+    held = {f"u{n}": 100 + n for n in range(12)}
+    for user, amount in held.items():
+        proxy_cli("topup", user, str(amount + 5), "--reason", "order")
+        proxy_cli("spend", user, "5")
+    as_csv = proxy_cli("export", "--format", "csv")
+    assert as_csv.exit_code == 0, as_csv.output
+    lines = as_csv.stdout.splitlines()
+    assert lines[0].startswith("entry_id") or "transaction_id" in lines[0]
+    assert sum(line == lines[0] for line in lines) == 1  # one header
+    assert len(lines) - 1 == 2 * 24  # every entry of every partition
+    as_jsonl = proxy_cli("export", "--format", "jsonl")
+    assert len(as_jsonl.stdout.splitlines()) == 2 * 24
+    expected = {(account_name(user), "GOLD"): amount for user, amount in held.items()}
+    expected[(TREASURY_ACCOUNT, "GOLD")] = -sum(held.values())
+    for fmt, reader in (("ledger", _hledger_balances), ("beancount", _beancount_balances)):
+        path = tmp_path / f"cluster.{fmt}"
+        result = proxy_cli("export", "--format", fmt, "--output", str(path))
+        assert result.exit_code == 0, result.output
+        assert reader(path) == expected, fmt
+
+
+def test_seal_through_the_proxy_seals_every_partition(
+    proxy_cli: Cli, clean_cluster: ClusterUrls
+) -> None:
+    for n in range(12):
+        proxy_cli("topup", f"u{n}", "100")
+    sealed = proxy_cli("seal", "--json")
+    assert sealed.exit_code == 0, sealed.output
+    assert [row["checkpoint"] for row in json.loads(sealed.stdout)] == [1] * CLUSTER_PARTITIONS
+    counts = _partition_rows(clean_cluster, "SELECT count(*) FROM seal_checkpoints")
+    assert [rows[0][0] for rows in counts] == [1] * CLUSTER_PARTITIONS
+    proxy_cli("topup", "u0", "1")
+    reconcile = proxy_cli("reconcile", "--json")
+    assert reconcile.exit_code == 0, reconcile.output
+    assert json.loads(reconcile.stdout)["mode"] == "incremental"

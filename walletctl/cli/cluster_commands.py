@@ -13,6 +13,8 @@ from walletctl.cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from walletctl.cluster.admin import PartitionStatus
+    from walletctl.cluster.topology import Partition
+    from walletctl.core.seal import Checkpoint
 
 cluster_app = typer.Typer(
     help="A ledger sharded by user: a PL/Proxy proxy database in front of partition databases."
@@ -120,3 +122,34 @@ def _status_row(status: PartitionStatus) -> dict[str, Any]:
         "transactions": status.transactions,
         "problem": status.problem,
     }
+
+
+SEAL_COLUMNS = (
+    Column("partition", "Partition"),
+    Column("checkpoint", "Checkpoint", numeric=True),
+    Column("sealed_after", "Sealed after", numeric=True),
+    Column("sealed_through", "Sealed through", numeric=True),
+    Column("transactions", "Transactions", numeric=True),
+    Column("hash", "Hash"),
+)
+
+
+def show_partition_seals(
+    out: output.Output, sealed: list[tuple[Partition, Checkpoint | None]]
+) -> None:
+    """`walletctl seal` through a proxy: each partition's new checkpoint (or none)."""
+    rows = [
+        {
+            "partition": partition.label,
+            "checkpoint": checkpoint.id if checkpoint else None,
+            "sealed_after": checkpoint.previous_horizon if checkpoint else None,
+            "sealed_through": checkpoint.horizon if checkpoint else None,
+            "transactions": checkpoint.transactions if checkpoint else 0,
+            "hash": checkpoint.hash.hex() if checkpoint else None,
+        }
+        for partition, checkpoint in sealed
+    ]
+    out.table(rows, SEAL_COLUMNS, title="Sealed, per partition")
+    output.message(
+        "sealed each partition; keep each partition's hash outside the database to prove it later"
+    )
