@@ -383,3 +383,27 @@ def test_seal_through_the_proxy_seals_every_partition(
     reconcile = proxy_cli("reconcile", "--json")
     assert reconcile.exit_code == 0, reconcile.output
     assert json.loads(reconcile.stdout)["mode"] == "incremental"
+
+
+def test_the_proxy_has_the_sql_apis_signatures(clean_cluster: ClusterUrls) -> None:
+    """proxy.sql repeats the SQL API's signatures and its receipt type (PL/Proxy calls the
+    partition's function of the same name and reads its columns by name): a change to the
+    API that the proxy does not follow fails here."""
+    functions = """
+        SELECT p.proname::text, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid)
+        FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+          AND p.proname IN ('walletctl_post', 'walletctl_reverse', 'walletctl_post_batch',
+                            'walletctl_balances', 'walletctl_add_asset')
+        ORDER BY 1"""
+    receipt = """
+        SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+        WHERE attrelid = 'walletctl_receipt'::regtype::text::regclass AND attnum > 0
+        ORDER BY attnum"""
+    with (
+        psycopg.connect(clean_cluster.proxy) as proxy,
+        psycopg.connect(clean_cluster.partitions[0]) as partition,
+    ):
+        found = proxy.execute(functions).fetchall()
+        assert len(found) == 5
+        assert found == partition.execute(functions).fetchall()
+        assert proxy.execute(receipt).fetchall() == partition.execute(receipt).fetchall()
