@@ -235,7 +235,30 @@ def test_what_a_proxy_cannot_do_is_refused_and_writes_nothing(
     atomic = proxy_cli("topup", "--file", str(path), "--key-prefix", "at", "--atomic")
     assert atomic.exit_code == 2
     assert "one partition" in atomic.stderr
+    for command in (
+        ("policy", "show"),
+        ("request", "list"),
+        ("user", "freeze", "alice", "--reason", "r"),
+        ("user", "list"),
+    ):
+        refused = proxy_cli(*command)
+        assert refused.exit_code == 2, (command, refused.output)
+        assert "proxy" in refused.stderr
     assert [_snapshot(url) for url in clean_cluster.partitions] == before
+
+
+def test_a_user_frozen_on_its_partition_is_refused_through_the_proxy(
+    proxy_cli: Cli, clean_cluster: ClusterUrls
+) -> None:
+    proxy_cli("topup", "alice", "10")
+    home = clean_cluster.partitions[_hash_partition(clean_cluster, "alice")]
+    with psycopg.connect(home, autocommit=True) as su:
+        su.execute("SELECT walletctl_freeze_user('alice', 'chargeback')")
+    refused = proxy_cli("spend", "alice", "1")
+    assert refused.exit_code == 8
+    assert "frozen" in refused.stderr
+    shown = proxy_cli("balance", "alice")
+    assert shown.exit_code == 0 and "frozen" in shown.stderr
 
 
 def _snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:

@@ -114,6 +114,16 @@ def binding_budgets(proxy: Connection, found: Topology, asset: str) -> list[Budg
     return []
 
 
+def operator_controls(proxy: Connection, found: Topology, *_: Any, **__: Any) -> Any:
+    """Thresholds, budgets, freezes and requests live in each partition (README "Beyond
+    one machine"): not routed through the proxy."""
+    raise InvalidInput(
+        "the operator controls (policy, request, user freeze) do not work through a proxy: "
+        "they are kept per partition; run the command against each partition (walletctl "
+        "cluster status lists them)"
+    )
+
+
 # One user, one transaction ------------------------------------------------------------
 
 
