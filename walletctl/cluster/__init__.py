@@ -6,6 +6,7 @@ partition databases, each an ordinary walletctl ledger (README "Beyond one machi
 - proxy_sql: the proxy's SQL (walletctl/sql/proxy/proxy.sql) and the check that a proxy
   runs this walletctl's;
 - dispatch: the one hook a core function uses to behave differently on a proxy;
-- reads: the core's reads and whole-ledger procedures over the partitions, combined;
+- reads, procedures: the core's reads, and its whole-ledger procedures, over the
+  partitions, combined;
 - admin: `walletctl cluster create|move|status`.
 """

@@ -1,5 +1,5 @@
-"""The core's reads and whole-ledger procedures on a cluster, run on the partitions and
-combined.
+"""The core's reads on a cluster, run on the partitions and combined (the whole-ledger
+procedures are in walletctl/cluster/procedures.py).
 
 Each function here has the name given to ``@on_proxy`` by a core function, and that core
 function's arguments after the proxy's topology. A read of one user or one transaction runs
@@ -11,13 +11,12 @@ partition.
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import fields, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg.rows import class_row
 
@@ -37,14 +36,12 @@ if TYPE_CHECKING:
     from walletctl.core.history import StatementFilter
     from walletctl.core.models import UserSummary
     from walletctl.core.policy import Budget, CreditRequest, Freeze
-    from walletctl.core.reconcile import ReconcileReport
-    from walletctl.core.seal import Checkpoint
     from walletctl.core.summary import PeriodSummary
 
 T = TypeVar("T")
 
 
-def _run(
+def on_partition(
     proxy: Connection,
     found: Topology,
     partition: Partition,
@@ -72,12 +69,12 @@ def _closing(rows: Iterator[T], stack: ExitStack) -> Iterator[T]:
         yield from rows
 
 
-def _each(
+def on_every_partition(
     proxy: Connection, found: Topology, function: Callable[..., T], *args: Any, **kwargs: Any
 ) -> list[tuple[Partition, T]]:
     """``function`` on every partition, in partition order; an error names its partition."""
     return [
-        (partition, _run(proxy, found, partition, function, *args, **kwargs))
+        (partition, on_partition(proxy, found, partition, function, *args, **kwargs))
         for partition in found.partitions
     ]
 
@@ -91,7 +88,7 @@ def _on_user(
     **kwargs: Any,
 ) -> T:
     partition = user_partition(proxy, found, validation.user_id(user_id))
-    return _run(proxy, found, partition, function, user_id, *args, **kwargs)
+    return on_partition(proxy, found, partition, function, user_id, *args, **kwargs)
 
 
 # Postings -----------------------------------------------------------------------------
@@ -165,7 +162,7 @@ def transaction(proxy: Connection, found: Topology, transaction_id: int) -> Tran
     from walletctl.core import history
 
     partition = found.of_transaction(validation.transaction_id(transaction_id))
-    return _run(proxy, found, partition, history.transaction, transaction_id)
+    return on_partition(proxy, found, partition, history.transaction, transaction_id)
 
 
 def transaction_by_key(
@@ -178,7 +175,9 @@ def transaction_by_key(
 
     posted = [
         (partition, detail)
-        for partition, detail in _each(proxy, found, history.transaction_by_key, idempotency_key)
+        for partition, detail in on_every_partition(
+            proxy, found, history.transaction_by_key, idempotency_key
+        )
         if detail is not None
     ]
     if len(posted) > 1:
@@ -199,7 +198,9 @@ def request_by_key(
 ) -> CreditRequest | None:
     from walletctl.core import policy
 
-    for _partition, request in _each(proxy, found, policy.request_by_key, idempotency_key):
+    for _partition, request in on_every_partition(
+        proxy, found, policy.request_by_key, idempotency_key
+    ):
         if request is not None:
             return request
     return None
@@ -234,7 +235,7 @@ def period_summary(
     from walletctl.core import summary
 
     totals: dict[str, PeriodSummary] = {}
-    for _partition, rows in _each(
+    for _partition, rows in on_every_partition(
         proxy, found, summary.period_summary, since=since, until=until, asset=asset
     ):
         for row in rows:
@@ -259,7 +260,9 @@ def list_assets(proxy: Connection, found: Topology) -> list[Any]:
     the ones every partition has."""
     from walletctl.core import assets
 
-    listed = [found_assets for _p, found_assets in _each(proxy, found, assets.list_assets)]
+    listed = [
+        found_assets for _p, found_assets in on_every_partition(proxy, found, assets.list_assets)
+    ]
     codes = set.intersection(*({asset.code for asset in each} for each in listed))
     return [asset for asset in listed[0] if asset.code in codes]
 
@@ -287,7 +290,7 @@ def check_against_ledger(
     kept: list[bulk.BulkRow] = []
     invalid = list(parsed.invalid)
     for number, rows in sorted(rows_of.items()):
-        checked = _run(
+        checked = on_partition(
             proxy,
             found,
             found.partitions[number],
@@ -307,7 +310,9 @@ def row_number_keys_in_use(proxy: Connection, found: Topology, prefix: str, rows
 
     in_use = [
         key
-        for _partition, keys in _each(proxy, found, bulk.row_number_keys_in_use, prefix, rows)
+        for _partition, keys in on_every_partition(
+            proxy, found, bulk.row_number_keys_in_use, prefix, rows
+        )
         for key in keys
     ]
     return in_use[:3]
@@ -321,98 +326,3 @@ def _users_partitions(proxy: Connection, found: Topology, users: list[str]) -> d
                 (sorted(set(users)),),
             ).fetchall()
         )
-
-
-# Whole-ledger procedures --------------------------------------------------------------
-
-
-def reconcile(proxy: Connection, found: Topology, *, full: bool = False) -> ReconcileReport:
-    """reconcile on every partition, and the cluster's own check: each partition holds only
-    its users and its transaction ids. A failing row is named with its partition."""
-    from walletctl.cluster.placement import merge_reports
-    from walletctl.core import reconcile as core
-
-    def partition_report(conn: Connection) -> tuple[ReconcileReport, tuple[int, int, int, int]]:
-        from walletctl.cluster.placement import misplaced
-
-        return core.reconcile(conn, full=full), misplaced(conn, found.count)
-
-    return merge_reports(found, _each(proxy, found, partition_report))
-
-
-def seal(
-    proxy: Connection, found: Topology, *, wait_seconds: float = 60.0
-) -> list[tuple[Partition, Checkpoint | None]]:
-    """Seal every partition in turn (each its own chain of checkpoints, its own hash to
-    keep). The caller has run reconcile over the cluster first, as for one database."""
-    from walletctl.core import seal as core
-
-    return _each(proxy, found, core.seal, wait_seconds=wait_seconds)
-
-
-def export(
-    proxy: Connection,
-    found: Topology,
-    out: TextIO,
-    fmt: Any,
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    raw_csv: bool = False,
-) -> int:
-    """Each partition's export in turn, streamed from that partition (not through PL/Proxy,
-    which holds every result in memory), written as one file: the CSV header and the
-    beancount header's options, Treasury and commodities once. Partition by partition, so
-    ordered by time within a partition only (hledger and beancount sort by date); each
-    partition is read in its own snapshot."""
-    from walletctl.core import export as core
-
-    written = 0
-    for partition in found.partitions:
-        target = out if partition.number == 0 else _OnceOnly(out, fmt)
-        written += _run(
-            proxy, found, partition, core.export, cast(TextIO, target), fmt,
-            since=since, until=until, raw_csv=raw_csv,
-        )  # fmt: skip
-        target.flush()
-    return written
-
-
-class _OnceOnly(io.TextIOBase):
-    """Writes through to ``out`` what the first partition's export has already written
-    only once: the CSV header line; beancount's title option, Treasury and commodities."""
-
-    def __init__(self, out: TextIO, fmt: str) -> None:
-        self.out = out
-        self.fmt = fmt
-        self.header_left = fmt == "csv"
-        self.pending = ""
-
-    def write(self, text: str) -> int:
-        if self.fmt not in ("csv", "beancount"):
-            return self.out.write(text)
-        self.pending += text
-        lines = self.pending.split("\n")
-        self.pending = lines.pop()
-        for line in lines:
-            self._line(line + "\n")
-        return len(text)
-
-    def _line(self, line: str) -> None:
-        from walletctl.core.export import TREASURY_ACCOUNT
-
-        if self.header_left:  # csv: a header has no line break inside a quoted value
-            self.header_left = False
-            return
-        if self.fmt == "beancount" and (
-            line.startswith(('option "title"', "1970-01-01 commodity "))
-            or line == f"1970-01-01 open {TREASURY_ACCOUNT}\n"
-        ):
-            return
-        self.out.write(line)
-
-    def flush(self) -> None:
-        if self.pending:
-            self.out.write(self.pending)
-            self.pending = ""
-        self.out.flush()
