@@ -430,3 +430,38 @@ def test_the_proxy_has_the_sql_apis_signatures(clean_cluster: ClusterUrls) -> No
         assert len(found) == 5
         assert found == partition.execute(functions).fetchall()
         assert proxy.execute(receipt).fetchall() == partition.execute(receipt).fetchall()
+
+
+def test_a_partition_that_is_down_stops_only_its_users(
+    proxy_cli: Cli, clean_cluster: ClusterUrls
+) -> None:
+    users = [f"user-{n}" for n in range(20)]
+    down = next(u for u in users if _hash_partition(clean_cluster, u) == 1)
+    up = next(u for u in users if _hash_partition(clean_cluster, u) == 0)
+    with psycopg.connect(clean_cluster.proxy, autocommit=True) as su:
+        (original,) = su.execute(
+            "SELECT connstr FROM plproxy.walletctl_partitions WHERE partition = 1"
+        ).fetchone() or ("",)
+        su.execute(
+            "UPDATE plproxy.walletctl_partitions SET connstr = connstr || ' port=1' "
+            "WHERE partition = 1"
+        )
+        su.execute("UPDATE plproxy.walletctl_config_version SET version = version + 1")
+        try:
+            assert proxy_cli("topup", up, "5").exit_code == 0
+            refused = proxy_cli("topup", down, "5")
+            assert refused.exit_code == 6
+            assert len(refused.stderr.strip().splitlines()) == 1
+            assert "cannot reach partition database" in refused.stderr
+            treasury = proxy_cli("balance", "--treasury")
+            assert treasury.exit_code == 6
+            status = proxy_cli("cluster", "status", "--json")
+            assert status.exit_code == 6
+            reachable = [p["reachable"] for p in json.loads(status.stdout)["partitions"]]
+            assert reachable == [True, False, True, True]
+        finally:
+            su.execute(
+                "UPDATE plproxy.walletctl_partitions SET connstr = %s WHERE partition = 1",
+                (original,),
+            )
+            su.execute("UPDATE plproxy.walletctl_config_version SET version = version + 1")

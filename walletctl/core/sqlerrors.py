@@ -99,6 +99,9 @@ class KeyClaimedConcurrently(Exception):
 # prefixed with the function and partition database, the detail with "Remote detail: ".
 _PLPROXY_PREFIX = re.compile(r"^[\w.]+\(\d+\): \[[^\]]*\] REMOTE [A-Z]+: ")
 _PLPROXY_DETAIL = "Remote detail: "
+# PL/Proxy's own failures (a partition it cannot connect to, a connection lost or timed
+# out): SQLSTATE XX000, "PL/Proxy function f(n): [partition db] what happened".
+_PLPROXY_FAILURE = re.compile(r"^PL/Proxy function [\w.]+\(\d+\): \[([^\]]*)\] (?:\w+: )?(.*)")
 
 
 def _int_detail(exc: psycopg.Error) -> int:
@@ -163,6 +166,13 @@ def translate(exc: psycopg.Error) -> Exception:
         return InvalidInput(f"refused by the database: {message}")
     if code == FEATURE_NOT_SUPPORTED and message.startswith("an atomic batch"):
         return InvalidInput(message)  # the proxy's walletctl_post_batch (proxy.sql)
+    unreachable = _PLPROXY_FAILURE.match(message) if code == "XX000" else None
+    if unreachable is not None:
+        return DatabaseUnavailable(
+            f"the proxy cannot reach partition database {unreachable.group(1)}: "
+            f"{unreachable.group(2)} (if this was a posting, retry it with the same "
+            "idempotency key)"
+        )
     if code in _BUSY_SQLSTATES:
         return Busy(
             f"busy: {_BUSY_SQLSTATES[code]} ({message}); nothing was written, retrying with "
