@@ -82,7 +82,7 @@ def test_create_refuses_a_count_that_is_not_a_power_of_two(clean_cluster: Cluste
 def test_every_user_lives_on_one_partition_and_ids_name_it(
     proxy_cli: Cli, clean_cluster: ClusterUrls, ops_role: str
 ) -> None:
-    users = [f"user-{n}" for n in range(40)]
+    users = [f"user-{n}" for n in range(24)]
     receipts = {}
     for user in users:
         receipts[user] = _receipt(proxy_cli("topup", user, "100", "--key", f"k-{user}", "--json"))

@@ -147,11 +147,11 @@ class Outcome:
 
 def test_mixed_workload_keeps_every_invariant(ledger: Ledger) -> None:
     """16 workers x 1,000 random top-ups, bonuses, spends and reversals over 100 users
-    (through a proxy: 8 x 500, on four partitions)."""
+    (through a proxy: 8 x 400, on four partitions)."""
     assets.add_asset(ledger.conn, "POINTS", "Reward Points")
     workers, operations, users = 16, 1000, 100
     if ledger.proxied:
-        workers, operations = 8, 500
+        workers, operations = 8, 400
     connections = [ledger.connect() for _ in range(workers)]
 
     def work(index: int) -> Outcome:
