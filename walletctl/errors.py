@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from walletctl.core.reconcile import ReconcileReport
+
 
 class WalletError(Exception):
     """Base of every error walletctl raises on purpose. The message is one line for a person."""
@@ -63,7 +68,17 @@ class AlreadyExists(WalletError):
 
 class NotPermitted(WalletError):
     """The role logged in lacks the privilege: it is not a member of the walletctl role that
-    may do this (walletctl db grant)."""
+    may do this (walletctl db grant). ``login`` names the role when it is known (the error
+    comes from a query, which does not say who ran it: the connection does)."""
+
+    def __init__(self, message: str, *, login: str | None = None) -> None:
+        self.reason = message
+        self.login = login
+        super().__init__(message if login is None else f"{message} (logged in as {login})")
+
+    def for_login(self, login: str) -> NotPermitted:
+        """The same refusal, naming the role that was refused."""
+        return NotPermitted(self.reason, login=login)
 
 
 class Busy(WalletError):
@@ -120,3 +135,12 @@ class RequestNotFound(NotFound):
 
 class AlreadyDecided(WalletError):
     """The request was already approved or rejected, the other way."""
+
+
+class ReconcileFailed(WalletError):
+    """reconcile found a discrepancy, so seal refused to seal: ``report`` says which checks
+    failed and names their first rows."""
+
+    def __init__(self, message: str, *, report: ReconcileReport) -> None:
+        super().__init__(message)
+        self.report = report

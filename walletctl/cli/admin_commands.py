@@ -169,7 +169,7 @@ def db_upgrade(ctx: typer.Context) -> None:
 def db_status(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
     from walletctl import database, embedded
     from walletctl.config import mask_url
-    from walletctl.roles import function_drift
+    from walletctl.roles import deployment_risks, function_drift
 
     out = output.Output(output.choose_mode(json_output=json_output))
     target = state(ctx).target()
@@ -202,10 +202,14 @@ def db_status(ctx: typer.Context, json_output: options.JsonOption = False) -> No
         status["server_version"] = conn.info.parameter_status("server_version")
         revision = database.schema_state(conn).revision
         drift = function_drift(conn) if revision == database.SCHEMA_HEAD else []
+        risks = deployment_risks(conn) if revision is not None else []
     status["schema_revision"] = revision
     status["schema_current"] = revision == database.SCHEMA_HEAD
     status["functions_differing"] = drift
+    status["deployment_risks"] = risks
     out.record(status, title="walletctl database")
+    for risk in risks:
+        output.message(f"warning: {risk} (README: Deploying with least privilege)")
     if drift:
         output.message(
             f"{len(drift)} function(s) differ from this walletctl's SQL at the same revision "
@@ -241,7 +245,10 @@ def db_roles(ctx: typer.Context, json_output: options.JsonOption = False) -> Non
     with state(ctx).connection(admin=True) as conn:
         roles.ensure_roles(conn)
         members = roles.memberships(conn)
+        risks = roles.deployment_risks(conn)
     output.message(f"roles and privileges are up to date ({', '.join(roles.GROUP_ROLES)})")
+    for risk in risks:
+        output.message(f"warning: {risk} (README: Deploying with least privilege)")
     out.table([asdict(member) for member in members], MEMBERSHIP_COLUMNS, title="walletctl roles")
 
 

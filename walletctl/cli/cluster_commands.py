@@ -14,7 +14,7 @@ from walletctl.cli.exit_codes import ExitCode
 if TYPE_CHECKING:
     from walletctl.cluster.admin import PartitionStatus
     from walletctl.cluster.topology import Partition
-    from walletctl.core.seal import Checkpoint
+    from walletctl.core.checkpoints import Checkpoint
 
 cluster_app = typer.Typer(
     help="A ledger sharded by user: a PL/Proxy proxy database in front of partition databases."

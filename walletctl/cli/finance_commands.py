@@ -115,8 +115,9 @@ def show_reconcile_report(out: output.Output, report: ReconcileReport) -> None:
 
 
 @app.command(
-    help="Seal history (for a daily cron): reconcile what is new, then store a checkpoint "
-    "hashing every transaction and entry up to a safe horizon, chained to the previous one."
+    help="Seal history (for a daily cron): reconcile, then store a checkpoint hashing every "
+    "transaction and entry up to a safe horizon, chained to the previous one; both in one "
+    "snapshot, so it seals only what it verified."
 )
 def seal(
     ctx: typer.Context,
@@ -131,16 +132,16 @@ def seal(
     json_output: options.JsonOption = False,
 ) -> None:
     from walletctl.core import seal as sealing
-    from walletctl.core.reconcile import reconcile as run_reconcile
+    from walletctl.errors import ReconcileFailed
 
     out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).connection() as conn:
-        report = run_reconcile(conn)
-        if not report.passed:
-            show_reconcile_report(output.Output(output.Mode.PLAIN, sys.stderr), report)
+        try:
+            checkpoint = sealing.seal(conn, wait_seconds=wait)
+        except ReconcileFailed as refused:
+            show_reconcile_report(output.Output(output.Mode.PLAIN, sys.stderr), refused.report)
             output.message("seal: refused, reconcile found discrepancies (see above)")
-            raise typer.Exit(ExitCode.RECONCILE_FAILED)
-        checkpoint = sealing.seal(conn, wait_seconds=wait)
+            raise typer.Exit(ExitCode.RECONCILE_FAILED) from None
     if isinstance(checkpoint, list):  # a cluster: one checkpoint per partition
         from walletctl.cli.cluster_commands import show_partition_seals
 

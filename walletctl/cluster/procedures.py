@@ -14,7 +14,7 @@ from walletctl.core.models import Connection
 
 if TYPE_CHECKING:
     from walletctl.core.reconcile import ReconcileReport
-    from walletctl.core.seal import Checkpoint
+    from walletctl.core.checkpoints import Checkpoint
 
 
 def reconcile(proxy: Connection, found: Topology, *, full: bool = False) -> ReconcileReport:
@@ -35,9 +35,15 @@ def seal(
     proxy: Connection, found: Topology, *, wait_seconds: float = 60.0
 ) -> list[tuple[Partition, Checkpoint | None]]:
     """Seal every partition in turn (each its own chain of checkpoints, its own hash to
-    keep). The caller has run reconcile over the cluster first, as for one database."""
+    keep, each reconciled and sealed in one snapshot of its own). The whole cluster is
+    reconciled first, so that a discrepancy on one partition (or a user on the wrong one)
+    seals none: ReconcileFailed carries that report."""
     from walletctl.core import seal as core
+    from walletctl.errors import ReconcileFailed
 
+    report = reconcile(proxy, found)
+    if not report.passed:
+        raise ReconcileFailed("reconcile found discrepancies: nothing was sealed", report=report)
     return on_every_partition(proxy, found, core.seal, wait_seconds=wait_seconds)
 
 
