@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from walletctl.cluster import admin
+from walletctl.database import SCHEMA_HEAD
 
 from .cli_helpers import Cli
 from .conftest import CLUSTER_PARTITIONS, ClusterUrls, create_login_role, drop_login_role, with_user
@@ -67,7 +68,7 @@ def test_create_is_idempotent_and_the_proxy_stores_no_user(
     assert status.exit_code == 0, status.output
     partitions = json.loads(status.stdout)["partitions"]
     assert [p["reachable"] for p in partitions] == [True] * CLUSTER_PARTITIONS
-    assert {p["schema_revision"] for p in partitions} == {"0005"}
+    assert {p["schema_revision"] for p in partitions} == {SCHEMA_HEAD}
 
 
 def test_create_refuses_a_count_that_is_not_a_power_of_two(clean_cluster: ClusterUrls) -> None:
