@@ -233,6 +233,19 @@ def test_seal_gives_up_on_a_posting_that_stays_in_flight(conn: Conn, connect: An
     slow.execute("ROLLBACK")
 
 
+def test_a_long_transaction_in_another_database_does_not_hold_the_seal(
+    conn: Conn, server_url: str
+) -> None:
+    # It cannot write this ledger, so the seal does not wait for it (on a shared server a
+    # reporting job elsewhere would otherwise block every seal).
+    posting.topup(conn, "carol", 7, idempotency_key="c1", **OPS)
+    with psycopg.connect(server_url) as elsewhere:
+        elsewhere.execute("SELECT pg_current_xact_id()")  # holds an xid, stays open
+        checkpoint = seal.seal(conn, wait_seconds=0.3)
+        elsewhere.rollback()
+    assert checkpoint is not None and checkpoint.transactions == 1
+
+
 def test_seal_cli_refuses_to_seal_a_broken_ledger(clean_db: str) -> None:
     cli = Cli(clean_db)
     cli("asset", "add", "GOLD", "Gold Coins")

@@ -69,41 +69,65 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
         conn.execute("SELECT pg_advisory_unlock(%s)", (SEAL_LOCK_ID,))
 
 
-def _horizon(conn: Connection) -> tuple[int, str]:
-    """The highest committed transaction id, and the snapshot of that moment (whose running
-    transactions are the only ones that may still commit an id below it)."""
-    row = conn.execute(
-        "SELECT coalesce(max(id), 0), pg_current_snapshot()::text FROM transactions"
-    ).fetchone()
+# The transactions running when the horizon is read that may still commit rows here: those
+# of a backend connected to this database, and prepared transactions of this database. A
+# long transaction in another database on the same server cannot write this ledger, so the
+# seal does not wait for it. (A backend no longer listed has ended: its commit is visible
+# to every later snapshot, the seal's included.)
+_HORIZON_SQL = """
+WITH now AS (
+    SELECT coalesce(max(t.id), 0) AS horizon, pg_current_snapshot() AS snapshot
+    FROM transactions t
+),
+ours AS (
+    SELECT a.backend_xid::text AS xid FROM pg_stat_activity a
+    WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL
+    UNION
+    SELECT p.transaction::text FROM pg_prepared_xacts p WHERE p.database = current_database()
+)
+SELECT now.horizon,
+       coalesce((SELECT array_agg(x.xid::text)
+                 FROM pg_snapshot_xip(now.snapshot) AS x(xid)
+                 -- xid8 to the 32-bit xid pg_stat_activity shows
+                 WHERE (x.xid::text::numeric % 4294967296)::text IN (SELECT xid FROM ours)),
+                '{}')
+FROM now
+"""
+
+
+def _horizon(conn: Connection) -> tuple[int, list[str]]:
+    """The highest committed transaction id, and the transactions of this database running
+    at that moment (the only ones that may still commit an id below it), as xid8 texts."""
+    row = conn.execute(_HORIZON_SQL).fetchone()
     assert row is not None
-    return int(row[0]), str(row[1])
+    return int(row[0]), [str(xid) for xid in row[1]]
 
 
-def _wait_for(conn: Connection, snapshot: str, deadline: float, wait_seconds: float) -> None:
+def _wait_for(conn: Connection, running: list[str], deadline: float, wait_seconds: float) -> None:
     while True:
-        running = conn.execute(
-            "SELECT count(*) FROM pg_snapshot_xip(%s::pg_snapshot) AS x(xid) "
+        left = conn.execute(
+            "SELECT count(*) FROM unnest(%s::xid8[]) AS x(xid) "
             "WHERE pg_xact_status(x.xid) = 'in progress'",
-            (snapshot,),
+            (running,),
         ).fetchone()
-        if running is None or running[0] == 0:
+        if left is None or left[0] == 0:
             return
         if time.monotonic() > deadline:
             raise ConcurrentRun(
-                f"{running[0]} transaction(s) older than the horizon are still running after "
+                f"{left[0]} transaction(s) older than the horizon are still running after "
                 f"{wait_seconds:g} s; try again later"
             )
         time.sleep(POLL_SECONDS)
 
 
-def _reconcile_and_seal(conn: Connection, horizon: int, running: str) -> Checkpoint | None:
+def _reconcile_and_seal(conn: Connection, horizon: int, running: list[str]) -> Checkpoint | None:
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # The first statement takes the snapshot: every transaction that was running when
         # the horizon was read must have ended in it.
         settled = conn.execute(
             "SELECT coalesce(bool_and(pg_visible_in_snapshot(x.xid, pg_current_snapshot())), "
-            "true) FROM pg_snapshot_xip(%s::pg_snapshot) AS x(xid)",
+            "true) FROM unnest(%s::xid8[]) AS x(xid)",
             (running,),
         ).fetchone()
         if not settled or not settled[0]:
