@@ -69,38 +69,44 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
         conn.execute("SELECT pg_advisory_unlock(%s)", (SEAL_LOCK_ID,))
 
 
-# The transactions running when the horizon is read that may still commit rows here: those
-# of a backend connected to this database, and prepared transactions of this database. A
-# long transaction in another database on the same server cannot write this ledger, so the
-# seal does not wait for it. (A backend no longer listed has ended: its commit is visible
-# to every later snapshot, the seal's included.)
+# The transactions that may still commit an id below the horizon: every transaction of
+# this database that holds a transaction id (walletctl's writers take one with the balance
+# lock, before they draw a transaction's id) when the horizon has been read, and the
+# prepared transactions of this database. Not the snapshot's list of running transactions:
+# that lists only those whose xid is below the snapshot's xmax, and a posting that took its
+# xid after another one did but drew the lower id is not in it. Read after the horizon, in
+# a statement of its own: a transaction that takes its xid later draws a higher id. A long
+# transaction in another database on the server cannot write this ledger and is not waited
+# for. pg_stat_activity shows 32-bit xids: widened to xid8 around the current xmax.
 _HORIZON_SQL = """
-WITH now AS (
-    SELECT coalesce(max(t.id), 0) AS horizon, pg_current_snapshot() AS snapshot
-    FROM transactions t
-),
-ours AS (
-    SELECT a.backend_xid::text AS xid FROM pg_stat_activity a
+SELECT coalesce(max(t.id), 0), pg_snapshot_xmax(pg_current_snapshot())::text
+FROM transactions t
+"""
+_RUNNING_SQL = """
+WITH ours AS (
+    SELECT a.backend_xid::text::numeric AS xid FROM pg_stat_activity a
     WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL
+      AND a.pid <> pg_backend_pid()
     UNION
-    SELECT p.transaction::text FROM pg_prepared_xacts p WHERE p.database = current_database()
+    SELECT p.transaction::text::numeric FROM pg_prepared_xacts p
+    WHERE p.database = current_database()
 )
-SELECT now.horizon,
-       coalesce((SELECT array_agg(x.xid::text)
-                 FROM pg_snapshot_xip(now.snapshot) AS x(xid)
-                 -- xid8 to the 32-bit xid pg_stat_activity shows
-                 WHERE (x.xid::text::numeric % 4294967296)::text IN (SELECT xid FROM ours)),
-                '{}')
-FROM now
+SELECT coalesce(array_agg(
+    (%(xmax)s::numeric
+     + mod(ours.xid - mod(%(xmax)s::numeric, 4294967296) + 6442450944, 4294967296)
+     - 2147483648)::text), '{}')
+FROM ours
 """
 
 
 def _horizon(conn: Connection) -> tuple[int, list[str]]:
-    """The highest committed transaction id, and the transactions of this database running
-    at that moment (the only ones that may still commit an id below it), as xid8 texts."""
+    """The highest committed transaction id, and the transactions that may still commit an
+    id below it (as xid8 texts)."""
     row = conn.execute(_HORIZON_SQL).fetchone()
     assert row is not None
-    return int(row[0]), [str(xid) for xid in row[1]]
+    running = conn.execute(_RUNNING_SQL, {"xmax": row[1]}).fetchone()
+    assert running is not None
+    return int(row[0]), [str(xid) for xid in running[0]]
 
 
 def _wait_for(conn: Connection, running: list[str], deadline: float, wait_seconds: float) -> None:
