@@ -13,8 +13,8 @@ from walletctl.cluster.topology import Partition, Topology
 from walletctl.core.models import Connection
 
 if TYPE_CHECKING:
-    from walletctl.core.reconcile import ReconcileReport
     from walletctl.core.checkpoints import Checkpoint
+    from walletctl.core.reconcile import ReconcileReport
 
 
 def reconcile(proxy: Connection, found: Topology, *, full: bool = False) -> ReconcileReport:
