@@ -115,10 +115,10 @@ def routed(route: str, request: pytest.FixtureRequest) -> Callable[[str], str]:
     return bouncer.route
 
 
-def library_connection(url: str, route: str) -> psycopg.Connection[Any]:
+def library_connection(url: str, pooled: bool) -> psycopg.Connection[Any]:
     """A connection as a service using walletctl's core opens one: behind a transaction
-    pooler, without server-side prepared statements (psycopg's prepare_threshold=None)."""
-    if route == "pgbouncer":
+    pooler (``pooled``), without server-side prepared statements (prepare_threshold=None)."""
+    if pooled:
         return psycopg.connect(url, autocommit=True, prepare_threshold=None)
     return psycopg.connect(url, autocommit=True)
 
@@ -211,7 +211,7 @@ def clean_db(database_url: str) -> str:
 @pytest.fixture
 def conn(ops_url: str, route: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection, as an operator, to an empty ledger with the asset GOLD."""
-    with library_connection(ops_url, route) as connection:
+    with library_connection(ops_url, route == "pgbouncer") as connection:
         assets.add_asset(connection, "GOLD", "Gold Coins")
         yield connection
 
@@ -223,7 +223,7 @@ def connect(ops_url: str, route: str) -> Iterator[Any]:
     opened: list[psycopg.Connection[Any]] = []
 
     def open_one() -> psycopg.Connection[Any]:
-        connection = library_connection(ops_url, route)
+        connection = library_connection(ops_url, route == "pgbouncer")
         opened.append(connection)
         return connection
 
@@ -257,3 +257,135 @@ def superuser_db(db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "walletctl-data"
+
+
+# A sharded ledger (README "Beyond one machine"): a PL/Proxy proxy and four partitions,
+# all databases on the test server, built once per session by `walletctl cluster create`.
+
+CLUSTER_PARTITIONS = 4
+
+
+@dataclass(frozen=True)
+class ClusterUrls:
+    """A superuser's URLs of the proxy and of each partition, in partition order."""
+
+    proxy: str
+    partitions: tuple[str, ...]
+
+
+def create_cluster_databases(server_url: str, prefix: str, partitions: int) -> ClusterUrls:
+    names = [f"{prefix}_proxy", *(f"{prefix}_p{n}" for n in range(partitions))]
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        for name in names:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    urls = [_with_database(server_url, name) for name in names]
+    return ClusterUrls(urls[0], tuple(urls[1:]))
+
+
+def drop_cluster_databases(server_url: str, cluster: ClusterUrls) -> None:
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        for url in (cluster.proxy, *cluster.partitions):
+            name = urlsplit(url).path.lstrip("/")
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def cluster(server_url: str) -> Iterator[ClusterUrls]:
+    from walletctl.cluster import admin
+
+    urls = create_cluster_databases(
+        server_url, f"walletctl_test_{uuid.uuid4().hex[:8]}", CLUSTER_PARTITIONS
+    )
+    try:
+        admin.create(urls.proxy, urls.partitions)
+        yield urls
+    finally:
+        drop_cluster_databases(server_url, urls)
+
+
+@pytest.fixture
+def clean_cluster(cluster: ClusterUrls) -> ClusterUrls:
+    """The session's cluster with every partition emptied (its id numbering kept)."""
+    for url in cluster.partitions:
+        truncate_everything(url)
+    return cluster
+
+
+class Ledger:
+    """One ledger as the concurrency suites see it: where postings go (a database, or a
+    proxy in front of partitions) and the databases that hold its rows, read as superuser."""
+
+    def __init__(self, post_url: str, holders: tuple[str, ...], *, pooled: bool = False) -> None:
+        self.post_url = post_url
+        self.holders = holders
+        self.proxied = len(holders) > 1
+        self.pooled = pooled
+        """Through PgBouncer in transaction pooling: no server-side prepared statements."""
+        self._opened: list[psycopg.Connection[Any]] = []
+        self.conn = self.connect()
+
+    def connect(self) -> psycopg.Connection[Any]:
+        connection = library_connection(self.post_url, self.pooled)
+        self._opened.append(connection)
+        return connection
+
+    def close(self) -> None:
+        for connection in self._opened:
+            connection.close()
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        found: list[tuple[Any, ...]] = []
+        for url in self.holders:
+            with psycopg.connect(url) as conn:
+                found.extend(conn.execute(sql).fetchall())
+        return found
+
+    def count(self, sql: str) -> int:
+        return sum(int(row[0]) for row in self.rows(sql))
+
+    def balance_of(self, user_id: str, asset: str = "GOLD") -> int:
+        from .helpers import balance_of
+
+        total = 0
+        for url in self.holders:
+            with psycopg.connect(url) as conn:
+                total += balance_of(conn, user_id, asset)
+        return total
+
+    def assert_consistent(self) -> None:
+        from .helpers import assert_ledger_consistent
+
+        for url in self.holders:
+            with psycopg.connect(url) as conn:
+                assert_ledger_consistent(conn)
+
+    def workers(self, direct: int) -> int:
+        """Fewer connections through a proxy: each proxy backend opens its own to the
+        partitions, and CI's server allows 100."""
+        return direct if not self.proxied else min(direct, 16)
+
+
+ledgers_and_pgbouncer = pytest.mark.parametrize(
+    "ledger", ["direct", "proxy", "pgbouncer"], indirect=True
+)
+"""A concurrency test on every ledger, and once more straight to one database through
+PgBouncer in transaction pooling."""
+
+
+@pytest.fixture(params=["direct", "proxy"])
+def ledger(request: pytest.FixtureRequest, ops_role: str) -> Iterator[Ledger]:
+    """An empty ledger with GOLD, posted to as an operator: directly, or through a proxy
+    (or, for ledgers_and_pgbouncer, through PgBouncer)."""
+    if request.param == "direct":
+        database = request.getfixturevalue("clean_db")
+        found = Ledger(with_user(database, ops_role), (database,))
+    elif request.param == "pgbouncer":
+        database = request.getfixturevalue("clean_db")
+        bouncer: servers.PgBouncer = request.getfixturevalue("pgbouncer")
+        found = Ledger(bouncer.route(with_user(database, ops_role)), (database,), pooled=True)
+    else:
+        urls = request.getfixturevalue("clean_cluster")
+        found = Ledger(with_user(urls.proxy, ops_role), urls.partitions)
+    assets.add_asset(found.conn, "GOLD", "Gold Coins")
+    yield found
+    found.close()

@@ -19,8 +19,8 @@ from .conftest import Replication, truncate_everything
 
 
 @pytest.fixture
-def ledger(replication: Replication) -> Iterator[Replication]:
-    """The replicated ledger, emptied, with the asset GOLD, replayed on the standby; replay
+def pair(replication: Replication) -> Iterator[Replication]:
+    """The primary and its standby: the ledger emptied, with the asset GOLD, replayed; replay
     running again at the end whatever the test did."""
     truncate_everything(replication.primary_url("postgres"))
     with psycopg.connect(replication.primary_url(), autocommit=True) as conn:
@@ -30,30 +30,30 @@ def ledger(replication: Replication) -> Iterator[Replication]:
     _resume_replay(replication)
 
 
-def _cli(ledger: Replication, **env: str) -> Cli:
+def _cli(pair: Replication, **env: str) -> Cli:
     """walletctl with the primary as its database and the standby as its read URL."""
     return Cli(
-        ledger.primary_url(),
-        env={"WALLETCTL_READ_URL": ledger.standby_url(), **env},
+        pair.primary_url(),
+        env={"WALLETCTL_READ_URL": pair.standby_url(), **env},
     )
 
 
-def _pause_replay(ledger: Replication) -> None:
-    with psycopg.connect(ledger.standby_url("postgres"), autocommit=True) as standby:
+def _pause_replay(pair: Replication) -> None:
+    with psycopg.connect(pair.standby_url("postgres"), autocommit=True) as standby:
         standby.execute("SELECT pg_wal_replay_pause()")
 
 
-def _resume_replay(ledger: Replication) -> None:
-    with psycopg.connect(ledger.standby_url("postgres"), autocommit=True) as standby:
+def _resume_replay(pair: Replication) -> None:
+    with psycopg.connect(pair.standby_url("postgres"), autocommit=True) as standby:
         standby.execute("SELECT pg_wal_replay_resume()")
 
 
-def _wait_until_received(ledger: Replication) -> None:
+def _wait_until_received(pair: Replication) -> None:
     """Until the standby has received (not necessarily replayed) all the primary wrote."""
-    with psycopg.connect(ledger.primary_url("postgres"), autocommit=True) as primary:
+    with psycopg.connect(pair.primary_url("postgres"), autocommit=True) as primary:
         row = primary.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
     assert row is not None
-    with psycopg.connect(ledger.standby_url("postgres"), autocommit=True) as standby:
+    with psycopg.connect(pair.standby_url("postgres"), autocommit=True) as standby:
         for _ in range(3000):
             got = standby.execute(
                 "SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn", (row[0],)
@@ -69,30 +69,30 @@ def _balance(result: object) -> int:
     return sum(int(row["balance"]) for row in body["balances"])
 
 
-def test_a_report_reads_the_standby_and_says_it_is_caught_up(ledger: Replication) -> None:
-    cli = _cli(ledger)
+def test_a_report_reads_the_standby_and_says_it_is_caught_up(pair: Replication) -> None:
+    cli = _cli(pair)
     assert cli("topup", "alice", "500").exit_code == 0
-    ledger.wait_for_replay()
+    pair.wait_for_replay()
     result = cli("balance", "alice", "--json")
     assert result.exit_code == 0, result.stderr
     body = json.loads(result.stdout)
     assert _balance(result) == 500
     assert body["read_from"]["standby"] is True
-    assert body["read_from"]["server"] == ledger.standby_server
+    assert body["read_from"]["server"] == pair.standby_server
     assert body["read_from"]["lag_seconds"] == 0.0
-    assert f"read from the standby {ledger.standby_server}: 0.0 s behind" in result.stderr
+    assert f"read from the standby {pair.standby_server}: 0.0 s behind" in result.stderr
 
 
-def test_reports_read_the_standby_and_writes_go_to_the_primary(ledger: Replication) -> None:
-    cli = _cli(ledger)
+def test_reports_read_the_standby_and_writes_go_to_the_primary(pair: Replication) -> None:
+    cli = _cli(pair)
     assert cli("topup", "alice", "500", "--key", "first").exit_code == 0
-    ledger.wait_for_replay()
-    _pause_replay(ledger)
+    pair.wait_for_replay()
+    _pause_replay(pair)
     posted = cli("topup", "alice", "70", "--key", "second", "--json")
     assert posted.exit_code == 0, posted.stderr
     second = json.loads(posted.stdout)["transaction_id"]
     assert "read from" not in posted.stderr  # a posting never touches the read server
-    _wait_until_received(ledger)
+    _wait_until_received(pair)
 
     # The standby has not replayed the second top-up: every report shows it without.
     assert _balance(cli("balance", "alice", "--json")) == 500
@@ -118,19 +118,19 @@ def test_reports_read_the_standby_and_writes_go_to_the_primary(ledger: Replicati
     assert reconciled.exit_code == 0, reconciled.stderr
     assert json.loads(reconciled.stdout)["read_from"]["standby"] is True
     for result in (exported, listed, reconciled):
-        assert f"read from the standby {ledger.standby_server}" in result.stderr
+        assert f"read from the standby {pair.standby_server}" in result.stderr
 
 
 def test_max_lag_refuses_a_standby_further_behind_and_primary_still_reads(
-    ledger: Replication,
+    pair: Replication,
 ) -> None:
-    cli = _cli(ledger)
+    cli = _cli(pair)
     assert cli("topup", "alice", "500").exit_code == 0
-    ledger.wait_for_replay()
-    _pause_replay(ledger)
+    pair.wait_for_replay()
+    _pause_replay(pair)
     time.sleep(1.5)
     assert cli("topup", "alice", "70").exit_code == 0
-    _wait_until_received(ledger)
+    _wait_until_received(pair)
 
     refused = cli("--max-lag", "1", "balance", "alice", "--json")
     assert refused.exit_code == 12, refused.stderr
@@ -149,17 +149,17 @@ def test_max_lag_refuses_a_standby_further_behind_and_primary_still_reads(
     assert on_primary.exit_code == 0 and _balance(on_primary) == 570
     assert "read_from" not in json.loads(on_primary.stdout)
 
-    _resume_replay(ledger)
-    ledger.wait_for_replay()
+    _resume_replay(pair)
+    pair.wait_for_replay()
     caught_up = cli("--max-lag", "1", "balance", "alice", "--json")
     assert caught_up.exit_code == 0 and _balance(caught_up) == 570
 
 
-def test_a_standby_that_receives_nothing_has_an_unknown_lag(ledger: Replication) -> None:
-    cli = _cli(ledger)
+def test_a_standby_that_receives_nothing_has_an_unknown_lag(pair: Replication) -> None:
+    cli = _cli(pair)
     assert cli("topup", "alice", "500").exit_code == 0
-    ledger.wait_for_replay()
-    with psycopg.connect(ledger.standby_url("postgres"), autocommit=True) as standby:
+    pair.wait_for_replay()
+    with psycopg.connect(pair.standby_url("postgres"), autocommit=True) as standby:
         row = standby.execute("SELECT current_setting('primary_conninfo')").fetchone()
         assert row is not None and row[0]
         streaming_from = str(row[0])
@@ -174,7 +174,7 @@ def test_a_standby_that_receives_nothing_has_an_unknown_lag(ledger: Replication)
             assert "cannot be known, it is not receiving WAL" in shown.stderr
         finally:
             _set_primary_conninfo(standby, streaming_from)
-    ledger.wait_for_replay()
+    pair.wait_for_replay()
 
 
 def _set_primary_conninfo(standby: psycopg.Connection[tuple[object, ...]], value: str) -> None:
@@ -191,19 +191,19 @@ def _set_primary_conninfo(standby: psycopg.Connection[tuple[object, ...]], value
 
 
 def test_a_posting_with_only_a_read_url_is_refused_and_nothing_is_written(
-    ledger: Replication, tmp_path: Path
+    pair: Replication, tmp_path: Path
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     only_read = Cli(
         "",
         env={
-            "WALLETCTL_READ_URL": ledger.standby_url(),
+            "WALLETCTL_READ_URL": pair.standby_url(),
             # Were the embedded server used, it could not start here (exit 6, not 2).
             "WALLETCTL_DATA_DIR": str(blocker / "data"),
         },
     )
-    before = _snapshot(ledger)
+    before = _snapshot(pair)
     bulk = tmp_path / "bulk.csv"
     bulk.write_text("user,amount\nalice,5\n")
     for args in (
@@ -219,16 +219,16 @@ def test_a_posting_with_only_a_read_url_is_refused_and_nothing_is_written(
         assert len(result.stderr.splitlines()) == 1
     # A report needs no primary: it reads the standby.
     assert only_read("balance", "--treasury").exit_code == 0
-    assert _snapshot(ledger) == before
+    assert _snapshot(pair) == before
 
 
 def test_a_standby_named_as_the_primary_refuses_every_write(
-    ledger: Replication, tmp_path: Path
+    pair: Replication, tmp_path: Path
 ) -> None:
-    assert _cli(ledger)("topup", "alice", "500").exit_code == 0
-    ledger.wait_for_replay()
-    before = _snapshot(ledger)
-    wrong = Cli(ledger.standby_url())
+    assert _cli(pair)("topup", "alice", "500").exit_code == 0
+    pair.wait_for_replay()
+    before = _snapshot(pair)
+    wrong = Cli(pair.standby_url())
     bulk = tmp_path / "bulk.csv"
     bulk.write_text("user,amount\nalice,5\n")
     for args in (
@@ -242,13 +242,13 @@ def test_a_standby_named_as_the_primary_refuses_every_write(
         result = wrong(*args)
         assert result.exit_code == 6, (args, result.stderr)
         assert "read-only" in result.stderr and "Nothing was written" in result.stderr
-    assert _snapshot(ledger) == before
+    assert _snapshot(pair) == before
 
 
 def test_libpq_multi_host_forms_pick_the_standby_for_reads_and_the_primary_for_writes(
-    ledger: Replication,
+    pair: Replication,
 ) -> None:
-    primary, standby = ledger.servers.primary.port, ledger.servers.standby.port
+    primary, standby = pair.servers.primary.port, pair.servers.standby.port
     hosts = "host=127.0.0.1,127.0.0.1 dbname=wallet user=wl_ops"
     cli = Cli(
         f"{hosts} port={standby},{primary} target_session_attrs=read-write",
@@ -261,20 +261,20 @@ def test_libpq_multi_host_forms_pick_the_standby_for_reads_and_the_primary_for_w
     )
     posted = cli("topup", "alice", "500", "--json")
     assert posted.exit_code == 0, posted.stderr
-    ledger.wait_for_replay()
+    pair.wait_for_replay()
     read = cli("balance", "alice", "--json")
     assert read.exit_code == 0, read.stderr
-    assert json.loads(read.stdout)["read_from"]["server"] == ledger.standby_server
+    assert json.loads(read.stdout)["read_from"]["server"] == pair.standby_server
     assert _balance(read) == 500
 
 
-def test_a_read_url_that_reaches_a_primary_says_so(ledger: Replication) -> None:
-    cli = Cli(ledger.primary_url(), env={"WALLETCTL_READ_URL": ledger.primary_url()})
+def test_a_read_url_that_reaches_a_primary_says_so(pair: Replication) -> None:
+    cli = Cli(pair.primary_url(), env={"WALLETCTL_READ_URL": pair.primary_url()})
     assert cli("topup", "alice", "5").exit_code == 0
     result = cli("--max-lag", "0", "balance", "alice", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["read_from"] == {
-        "server": f"127.0.0.1:{ledger.servers.primary.port}",
+        "server": f"127.0.0.1:{pair.servers.primary.port}",
         "standby": False,
         "lag_seconds": 0.0,
         "receiving": True,
@@ -284,26 +284,26 @@ def test_a_read_url_that_reaches_a_primary_says_so(ledger: Replication) -> None:
 
 
 def test_reconcile_on_a_standby_rehashes_sealed_history_and_finds_tampering(
-    ledger: Replication,
+    pair: Replication,
 ) -> None:
     """A standby counts no updates made on the primary, so the tripwire cannot vouch for
     sealed history there: reconcile re-hashes it, and so still finds an edited sealed row."""
-    cli = _cli(ledger)
+    cli = _cli(pair)
     for index in range(5):
         assert cli("topup", f"user-{index}", str(100 + index)).exit_code == 0
     assert cli("seal").exit_code == 0
-    ledger.wait_for_replay()
+    pair.wait_for_replay()
     clean = cli("reconcile")
     assert clean.exit_code == 0, clean.stderr
     assert "on a standby PostgreSQL does not count" in clean.stderr
 
-    with psycopg.connect(ledger.primary_url("postgres"), autocommit=True) as admin:
+    with psycopg.connect(pair.primary_url("postgres"), autocommit=True) as admin:
         admin.execute("SET session_replication_role = replica")
         admin.execute(
             "UPDATE ledger_entries SET amount = amount + 1 WHERE transaction_id = 2 "
             "AND account_id <> 0"
         )
-    ledger.wait_for_replay()
+    pair.wait_for_replay()
     caught = cli("reconcile", "--json")
     assert caught.exit_code == 7
     checks = {check["check"]: check for check in json.loads(caught.stdout)["checks"]}
@@ -311,30 +311,30 @@ def test_reconcile_on_a_standby_rehashes_sealed_history_and_finds_tampering(
 
 
 def test_db_status_names_the_primary_and_the_read_server_with_its_lag(
-    ledger: Replication,
+    pair: Replication,
 ) -> None:
-    status = _cli(ledger)("db", "status", "--json")
+    status = _cli(pair)("db", "status", "--json")
     assert status.exit_code == 0, status.stderr
     body = json.loads(status.stdout)
     assert body["source"] == "WALLETCTL_DATABASE_URL" and body["schema_current"] is True
     assert body["read"]["source"] == "WALLETCTL_READ_URL"
-    assert body["read"]["server"] == ledger.standby_server
+    assert body["read"]["server"] == pair.standby_server
     assert body["read"]["standby"] is True and body["read"]["lag_seconds"] == 0.0
 
 
-def test_the_standby_is_reached_through_its_socket_folder(ledger: Replication) -> None:
+def test_the_standby_is_reached_through_its_socket_folder(pair: Replication) -> None:
     """libpq's socket forms pass through untouched: no host, a host= parameter naming a
     folder, a key=value string naming it."""
-    assert Cli(ledger.primary_url())("topup", "alice", "5").exit_code == 0
-    ledger.wait_for_replay()
-    standby = ledger.servers.standby
+    assert Cli(pair.primary_url())("topup", "alice", "5").exit_code == 0
+    pair.wait_for_replay()
+    standby = pair.servers.standby
     forms = (
         f"postgresql:///wallet?host={standby.socket_dir}&port={standby.port}&user=wl_ops",
         f"postgresql://wl_ops@/wallet?host={standby.socket_dir}&port={standby.port}",
         f"host={standby.socket_dir} port={standby.port} dbname=wallet user=wl_ops",
     )
     for form in forms:
-        result = Cli(ledger.primary_url(), env={"WALLETCTL_READ_URL": form})(
+        result = Cli(pair.primary_url(), env={"WALLETCTL_READ_URL": form})(
             "balance", "alice", "--json"
         )
         assert result.exit_code == 0, (form, result.stderr)
@@ -342,8 +342,8 @@ def test_the_standby_is_reached_through_its_socket_folder(ledger: Replication) -
         assert where == f"{standby.socket_dir} port {standby.port}"
 
 
-def _snapshot(ledger: Replication) -> list[tuple[object, ...]]:
-    with psycopg.connect(ledger.primary_url("postgres"), autocommit=True) as conn:
+def _snapshot(pair: Replication) -> list[tuple[object, ...]]:
+    with psycopg.connect(pair.primary_url("postgres"), autocommit=True) as conn:
         return conn.execute(
             "SELECT (SELECT count(*) FROM transactions), (SELECT count(*) FROM ledger_entries),"
             " (SELECT count(*) FROM seal_checkpoints), (SELECT count(*) FROM asset_types),"

@@ -142,6 +142,11 @@ def seal(
             show_reconcile_report(output.Output(output.Mode.PLAIN, sys.stderr), refused.report)
             output.message("seal: refused, reconcile found discrepancies (see above)")
             raise typer.Exit(ExitCode.RECONCILE_FAILED) from None
+    if isinstance(checkpoint, list):  # a cluster: one checkpoint per partition
+        from walletctl.cli.cluster_commands import show_partition_seals
+
+        show_partition_seals(out, checkpoint)
+        return
     if checkpoint is None:
         output.message("seal: nothing new to seal")
         if json_output:

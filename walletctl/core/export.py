@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import csv_cells, validation
 from walletctl.core.models import Connection
 from walletctl.core.sqlerrors import translated
@@ -109,6 +110,7 @@ def account_name(user_id: str) -> str:
     return f"Assets:Users:U{escaped}"
 
 
+@on_proxy("export")
 def export(
     conn: Connection,
     out: TextIO,

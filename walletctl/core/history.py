@@ -8,6 +8,7 @@ from datetime import datetime
 
 from psycopg.rows import class_row, dict_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import Connection, Entry, StatementLine, TransactionDetail
 from walletctl.core.sqlerrors import translated
@@ -69,6 +70,7 @@ class StatementFilter:
         validation.period(self.since, self.until)
 
 
+@on_proxy("statement")
 def statement(
     conn: Connection, user_id: str, where: StatementFilter | None = None
 ) -> Iterator[StatementLine]:
@@ -94,6 +96,7 @@ def _stream(conn: Connection, params: Mapping[str, object]) -> Iterator[Statemen
         yield from cursor.stream(_STATEMENT_SQL, params)
 
 
+@on_proxy("transaction")
 def transaction(conn: Connection, transaction_id: int) -> TransactionDetail:
     """One transaction with its entries. Raises TransactionNotFound."""
     detail = _transaction(conn, "t.id = %s", validation.transaction_id(transaction_id))
@@ -102,6 +105,7 @@ def transaction(conn: Connection, transaction_id: int) -> TransactionDetail:
     return detail
 
 
+@on_proxy("transaction_by_key")
 def transaction_by_key(conn: Connection, idempotency_key: str) -> TransactionDetail | None:
     """The transaction an idempotency key posted, if any."""
     return _transaction(conn, "t.idempotency_key = %s", validation.idempotency_key(idempotency_key))

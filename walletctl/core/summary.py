@@ -7,6 +7,7 @@ from datetime import datetime
 
 from psycopg.rows import class_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import Connection
 from walletctl.core.sqlerrors import translated
@@ -78,6 +79,7 @@ class PeriodSummary:
     transactions: int
 
 
+@on_proxy("period_summary")
 def period_summary(
     conn: Connection,
     *,

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from psycopg.rows import dict_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import Connection, UserSummary
 from walletctl.core.sqlerrors import translated
@@ -31,6 +32,7 @@ LIMIT %(limit)s
 """
 
 
+@on_proxy("list_users")
 def list_users(
     conn: Connection, *, limit: int | None = None, after: str | None = None
 ) -> Iterator[UserSummary]:
@@ -38,6 +40,7 @@ def list_users(
     return _users(conn, {"user": None, "after": after, "limit": validation.limit(limit)})
 
 
+@on_proxy("show_user")
 def show_user(conn: Connection, user_id: str) -> UserSummary:
     found = list(_users(conn, {"user": validation.user_id(user_id), "after": None, "limit": 1}))
     if not found:
