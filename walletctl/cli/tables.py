@@ -1,0 +1,199 @@
+"""Tables for a person on a terminal (the ``table`` format), rendered to text here.
+
+Every value is printed literally: cells and titles are rich ``Text`` (never parsed as
+markup, so a user id ``[/x]`` or ``[red]alice`` is shown as it is) and control characters
+are shown as escapes (a value cannot move the cursor or clear the screen). Numbers are
+never cut: text columns wrap first; if a number still does not fit, the optional columns
+are left out (named under the table); if even that does not fit, each row is printed as
+``field: value`` lines, which a terminal wraps without losing a digit.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from walletctl.cli.env import Environment
+from walletctl.cli.output import Column, Listing, Record, table_time, text
+
+
+def record(env: Environment, shown: Record) -> str:
+    numeric = set(shown.numeric)
+    cells = [
+        (_label(key), _cell(value, numeric=key in numeric)) for key, value in shown.data.items()
+    ]
+    expected = Counter(cell for key, cell in cells if key and _is_number(shown.data, key, numeric))
+
+    def build() -> Table:
+        table = Table(title=_safe(shown.title), show_header=False, title_justify="left")
+        table.add_column(style="bold", overflow="fold")
+        table.add_column(overflow="fold")
+        for label, cell in cells:
+            table.add_row(Text(label), Text(cell))
+        return table
+
+    rendered = _render(env, build())
+    if _intact(rendered, expected, env.width):
+        return rendered
+    return _lines(shown.title, [dict(cells)], [Column(label, label) for label, _ in cells])
+
+
+def listing(
+    env: Environment, shown: Listing, rows: Sequence[Mapping[str, Any]], note: str | None
+) -> str:
+    # Columns with no value in any row say nothing on a terminal.
+    columns = [
+        column
+        for column in shown.columns
+        if any(row.get(column.key) not in (None, "") for row in rows)
+        or (shown.footer and shown.footer.get(column.key) is not None)
+        or not rows
+    ]
+    cells = [
+        {column.key: _cell(row.get(column.key), numeric=column.numeric) for column in columns}
+        for row in rows
+    ]
+    footer = {
+        column.key: _cell((shown.footer or {}).get(column.key), numeric=column.numeric)
+        for column in columns
+    }
+    expected = Counter(
+        row[column.key] for row in cells for column in columns if column.numeric and row[column.key]
+    )
+    left_out: list[Column] = []
+    while True:
+        table = _table(shown, columns, cells, footer, rows)
+        rendered = _render(env, table)
+        if _intact(rendered, expected, env.width):
+            break
+        optional = [column for column in columns if column.optional]
+        if not optional:
+            return _lines(shown.title, cells, columns, note=note)
+        columns = [column for column in columns if column is not optional[-1]]
+        left_out.insert(0, optional[-1])
+    notes = []
+    if left_out:
+        names = ", ".join(column.key for column in left_out)
+        notes.append(f"Not shown at this width: {names} (--format tsv shows every column).")
+    if note:
+        notes.append(note)
+    return rendered + "".join(f"{_safe_line(note)}\n" for note in notes)
+
+
+def _table(
+    shown: Listing,
+    columns: Sequence[Column],
+    cells: Sequence[Mapping[str, str]],
+    footer: Mapping[str, str],
+    rows: Sequence[Mapping[str, Any]],
+) -> Table:
+    table = Table(
+        title=_safe(shown.title),
+        title_justify="left",
+        show_footer=shown.footer is not None,
+    )
+    for column in columns:
+        table.add_column(
+            Text(column.title),
+            footer=Text(footer.get(column.key, "")),
+            justify="right" if column.numeric else "left",
+            no_wrap=column.numeric,
+            overflow="fold",
+        )
+    for row, original in zip(cells, rows, strict=True):
+        style = (shown.styles or {}).get(str(original.get("status", "")))
+        table.add_row(*(Text(row[column.key]) for column in columns), style=style)
+    return table
+
+
+def _render(env: Environment, table: Table) -> str:
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=env.width or 80,
+        force_terminal=bool(env.stdout_isatty),
+        no_color=bool(env.no_color),
+        color_system=None if env.no_color else "auto",
+        highlight=False,
+        markup=False,
+        emoji=False,
+        _environ=dict(env.environ),
+    )
+    console.print(table)
+    return buffer.getvalue()
+
+
+def _intact(rendered: str, expected: Counter[str], width: int | None) -> bool:
+    """Every number appears whole (as often as the rows hold it), and no line is wider
+    than the terminal."""
+    if any(rendered.count(number) < times for number, times in expected.items()):
+        return False
+    from rich.text import Text as RichText
+
+    plain = RichText.from_ansi(rendered).plain
+    return all(len(line) <= (width or 80) for line in plain.splitlines())
+
+
+def _lines(
+    title: str,
+    cells: Sequence[Mapping[str, str]],
+    columns: Sequence[Column],
+    *,
+    note: str | None = None,
+) -> str:
+    """Each row as ``field: value`` lines: nothing a terminal could cut."""
+    out = [_safe_line(title)]
+    for index, row in enumerate(cells):
+        if index:
+            out.append("")
+        out.extend(
+            f"{column.title}: {row.get(column.key, '')}"
+            for column in columns
+            if row.get(column.key, "") != ""
+        )
+    if note:
+        out.extend(["", _safe_line(note)])
+    return "\n".join(out) + "\n"
+
+
+def _is_number(data: Mapping[str, Any], key: str, numeric: set[str]) -> bool:
+    value = data.get(key)
+    return key in numeric and isinstance(value, int) and not isinstance(value, bool)
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _cell(value: Any, *, numeric: bool) -> str:
+    if numeric and isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, datetime):
+        return table_time(value)
+    return _escaped(text(value))
+
+
+def _escaped(value: str) -> str:
+    """Control and other unprintable characters as escapes: a value from the ledger can
+    hold them (a superuser's edit) and a terminal would obey them."""
+    if value.isprintable():
+        return value
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in value
+    )
+
+
+def _safe(title: str) -> Text:
+    return Text(_escaped(title))
+
+
+def _safe_line(line: str) -> str:
+    return _escaped(line)
