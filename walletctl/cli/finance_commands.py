@@ -116,8 +116,7 @@ def seal(
         checkpoint = sealing.seal(conn, wait_seconds=wait)
     if checkpoint is None:
         env.message("seal: nothing new to seal")
-        if out.format in (Format.JSON, Format.JSONL):
-            out.record(Record({"checkpoint": None}, title="seal"))
+        out.record(Record({"checkpoint": None}, title="Nothing new to seal"))
         return
     out.committed(
         Record(views.checkpoint(checkpoint), title="Checkpoint", numeric=views.CHECKPOINT_NUMERIC)

@@ -23,6 +23,8 @@ from rich.text import Text
 from walletctl.cli.env import Environment
 from walletctl.cli.output import Column, Listing, Record, table_time, text
 
+TEXT_MIN_WIDTH = 10
+
 
 def record(env: Environment, shown: Record) -> str:
     numeric = set(shown.numeric)
@@ -42,7 +44,15 @@ def record(env: Environment, shown: Record) -> str:
     rendered = _render(env, build())
     if _intact(rendered, expected, env.width):
         return rendered
-    return _lines(shown.title, [dict(cells)], [Column(label, label) for label, _ in cells])
+    return _lines(
+        shown.title,
+        [dict(cells)],
+        [
+            Column(label, label, numeric=key in numeric)
+            for (label, _), key in zip(cells, shown.data, strict=True)
+        ],
+        width=env.width,
+    )
 
 
 def listing(
@@ -75,7 +85,7 @@ def listing(
             break
         optional = [column for column in columns if column.optional]
         if not optional:
-            return _lines(shown.title, cells, columns, note=note)
+            return _lines(shown.title, cells, columns, note=note, width=env.width)
         columns = [column for column in columns if column is not optional[-1]]
         left_out.insert(0, optional[-1])
     notes = []
@@ -84,7 +94,7 @@ def listing(
         notes.append(f"Not shown at this width: {names} (--format tsv shows every column).")
     if note:
         notes.append(note)
-    return rendered + "".join(f"{_safe_line(note)}\n" for note in notes)
+    return rendered + "".join(_wrapped(note, env.width) for note in notes)
 
 
 def _table(
@@ -100,12 +110,16 @@ def _table(
         show_footer=shown.footer is not None,
     )
     for column in columns:
+        widest = max((len(row[column.key]) for row in cells), default=0)
         table.add_column(
             Text(column.title),
             footer=Text(footer.get(column.key, "")),
             justify="right" if column.numeric else "left",
             no_wrap=column.numeric,
             overflow="fold",
+            # Text may wrap, but not to nothing: a table that cannot give each text column
+            # this much is too wide, and the rows are printed as blocks instead.
+            min_width=None if column.numeric else min(max(widest, 1), TEXT_MIN_WIDTH),
         )
     for row, original in zip(cells, rows, strict=True):
         style = (shown.styles or {}).get(str(original.get("status", "")))
@@ -147,20 +161,37 @@ def _lines(
     columns: Sequence[Column],
     *,
     note: str | None = None,
+    width: int | None = None,
 ) -> str:
-    """Each row as ``field: value`` lines: nothing a terminal could cut."""
-    out = [_safe_line(title)]
+    """Each row as ``field: value`` lines, wrapped to the terminal; a number that does not
+    fit beside its field goes on a line of its own, whole."""
+    import textwrap
+
+    limit = width or 80
+    out = textwrap.wrap(_safe_line(title), limit) or [""]
     for index, row in enumerate(cells):
         if index:
             out.append("")
-        out.extend(
-            f"{column.title}: {row.get(column.key, '')}"
-            for column in columns
-            if row.get(column.key, "") != ""
-        )
+        for column in columns:
+            value = row.get(column.key, "")
+            if value == "":
+                continue
+            line = f"{column.title}: {value}"
+            if len(line) <= limit:
+                out.append(line)
+            elif column.numeric:
+                out.extend([f"{column.title}:", f"  {value}"])
+            else:
+                out.extend(textwrap.wrap(line, limit, subsequent_indent="  "))
     if note:
-        out.extend(["", _safe_line(note)])
+        out.extend(["", *textwrap.wrap(_safe_line(note), limit)])
     return "\n".join(out) + "\n"
+
+
+def _wrapped(note: str, width: int | None) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(_safe_line(note), width or 80)) + "\n"
 
 
 def _is_number(data: Mapping[str, Any], key: str, numeric: set[str]) -> bool:
