@@ -12,7 +12,7 @@ from walletctl.cli import options, views
 from walletctl.cli.app import state
 from walletctl.cli.exit_codes import ExitCode
 from walletctl.cli.files import atomic_text_file
-from walletctl.cli.formats import prints
+from walletctl.cli.formats import QuietOption, prints
 from walletctl.cli.groups import FINANCE, command
 from walletctl.cli.output import Format, Listing, Output, Record
 from walletctl.errors import InvalidInput
@@ -172,11 +172,13 @@ def export(
             help="With --output: print what was written as one JSON object on stdout.",
         ),
     ] = False,
+    quiet: QuietOption = False,
 ) -> None:
     from walletctl.core import export as exporting
     from walletctl.core.summary import ReportFilter
 
     env = state(ctx).env
+    env.quiet = env.quiet or quiet
     chosen = next((known for known in exporting.FORMATS if known == fmt), None)
     if chosen is None:
         raise InvalidInput(f"--format must be one of {', '.join(exporting.FORMATS)}, got {fmt!r}")

@@ -54,10 +54,12 @@ def prints(*, output_file: bool = False, pager: bool = False) -> Callable[[F], F
             )
             path = kwargs.pop("output_path", None)
             no_pager = kwargs.pop("no_pager", False)
+            quiet = kwargs.pop("quiet")
             from walletctl.cli.app import state
 
             env = state(kwargs["ctx"]).env
             env.use_pager = not no_pager
+            env.quiet = env.quiet or quiet
             if chosen in (Format.JSON, Format.JSONL):
                 env.errors_as_json = True
             with _destination(path) as stream:
@@ -114,6 +116,15 @@ def _destination(path: Path | None) -> Iterator[Any]:
         yield stream
 
 
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No messages on stderr (errors are still reported)."),
+]
+QUIET_PARAMETER = inspect.Parameter(
+    "quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOption
+)
+
+
 def _option_parameters(*, output_file: bool, pager: bool) -> list[inspect.Parameter]:
     keyword = inspect.Parameter.KEYWORD_ONLY
     parameters = [
@@ -160,6 +171,7 @@ def _option_parameters(*, output_file: bool, pager: bool) -> list[inspect.Parame
             ],
         ),
     ]
+    parameters.append(QUIET_PARAMETER)
     if output_file:
         parameters.append(
             inspect.Parameter(
