@@ -223,7 +223,7 @@ def _hledger(path: Path, report: str) -> dict[str, dict[str, int]]:
     )
     found: dict[str, dict[str, int]] = {}
     for row in csv.reader(io.StringIO(result.stdout)):
-        if len(row) < 2 or not row[1] or not row[1][0] in "-0123456789":
+        if len(row) < 2 or not row[1] or row[1][0] not in "-0123456789":
             continue
         amounts: dict[str, int] = {}
         for amount in row[-1].split(", "):
