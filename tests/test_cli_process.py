@@ -214,3 +214,30 @@ def test_version_and_help_are_fast_paths() -> None:
         check=True,
     ).stdout
     assert "Exit codes:" in spend and "3 insufficient funds" in " ".join(spend.split())
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    script = subprocess.run(
+        [sys.executable, "-m", "walletctl", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "_WALLETCTL_COMPLETE" in script
+    for words, cword, expected in (
+        ("walletctl to", "1", "topup"),
+        ("walletctl audit --by", "2", "--by-actor"),
+    ):
+        completed = subprocess.run(
+            [sys.executable, "-c", "from walletctl.cli.entry import main; main()"],
+            env={
+                **os.environ,
+                "_WALLETCTL_COMPLETE": "complete_bash",
+                "COMP_WORDS": words,
+                "COMP_CWORD": cword,
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert expected in completed.stdout.split(), completed
