@@ -57,7 +57,10 @@ def old_csv(conn: psycopg.Connection[Any], out: io.StringIO) -> int:
         else f'entry."{name}"'
         for name in ENTRY_COLUMNS
     )
-    query = f"COPY (SELECT {columns} FROM ({OLD_ENTRIES_SQL}) entry) TO STDOUT WITH (FORMAT csv, HEADER)"
+    query = (
+        f"COPY (SELECT {columns} FROM ({OLD_ENTRIES_SQL}) entry) "
+        "TO STDOUT WITH (FORMAT csv, HEADER)"
+    )
     params = {"since": "1970-01-01", "until": "9999-12-31"}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
