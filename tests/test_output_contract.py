@@ -397,3 +397,14 @@ def test_long_tables_go_through_the_pager_on_a_terminal(ledger: Ledger, tmp_path
     )
     assert run_on(quiet, ledger.url, "user", "list", "--no-pager").exit_code == 0
     assert not paged.exists()
+
+
+def test_a_statement_row_is_one_line_on_a_120_column_terminal(ledger: Ledger) -> None:
+    """Columns a person can do without (key, on behalf of) go before rows wrap."""
+    rows = json.loads(Cli(ledger.url)("audit", "alice", "--format", "json").stdout)["entries"]
+    shown = run_on(terminal(120), ledger.url, "audit", "alice")
+    body = [line for line in shown.stdout.splitlines() if line.startswith("│")]
+    assert len(body) == len(rows) == 3, shown.stdout
+    assert "Not shown at this width" in shown.stdout
+    wide = run_on(terminal(200), ledger.url, "audit", "alice")
+    assert "Not shown" not in wide.stdout and "s1" in wide.stdout  # the key, at 200

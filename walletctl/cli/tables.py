@@ -77,17 +77,32 @@ def listing(
     expected = Counter(
         row[column.key] for row in cells for column in columns if column.numeric and row[column.key]
     )
-    left_out: list[Column] = []
-    while True:
-        table = _table(shown, columns, cells, footer, rows)
-        rendered = _render(env, table)
-        if _intact(rendered, expected, env.width):
-            break
-        optional = [column for column in columns if column.optional]
-        if not optional:
-            return _lines(shown.title, cells, columns, note=note, width=env.width)
-        columns = [column for column in columns if column is not optional[-1]]
-        left_out.insert(0, optional[-1])
+    # The layouts to try, fullest first: every column, then without each optional column
+    # in turn (from the last). The first whose rows each fit on one line wins; failing
+    # that, the first that wraps text but keeps every number whole; failing that, blocks.
+    layouts = [list(columns)]
+    while any(column.optional for column in layouts[-1]):
+        dropped = [column for column in layouts[-1] if column.optional][-1]
+        layouts.append([column for column in layouts[-1] if column is not dropped])
+    tables = [_table(shown, layout, cells, footer, rows) for layout in layouts]
+    chosen = next(
+        (
+            index
+            for index, table in enumerate(tables)
+            if _natural_width(env, table) <= (env.width or 80)
+        ),
+        None,
+    )
+    rendered = "" if chosen is None else _render(env, tables[chosen])
+    if chosen is None:
+        for index, table in enumerate(tables):
+            rendered = _render(env, table)
+            if _intact(rendered, expected, env.width):
+                chosen = index
+                break
+    if chosen is None:
+        return _lines(shown.title, cells, columns, note=note, width=env.width)
+    left_out = [column for column in columns if column not in layouts[chosen]]
     notes = []
     if left_out:
         names = ", ".join(column.key for column in left_out)
@@ -127,9 +142,16 @@ def _table(
     return table
 
 
-def _render(env: Environment, table: Table) -> str:
-    buffer = io.StringIO()
-    console = Console(
+def _natural_width(env: Environment, table: Table) -> int:
+    """How wide the table is when no cell wraps."""
+    from rich.measure import Measurement
+
+    console = _console(env, io.StringIO())
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
+def _console(env: Environment, buffer: io.StringIO) -> Console:
+    return Console(
         file=buffer,
         width=env.width or 80,
         force_terminal=bool(env.stdout_isatty),
@@ -140,7 +162,12 @@ def _render(env: Environment, table: Table) -> str:
         emoji=False,
         _environ=dict(env.environ),
     )
-    console.print(table)
+
+
+def _render(env: Environment, table: Table) -> str:
+    buffer = io.StringIO()
+    # Not cropped: a table wider than the terminal must show as too wide, not be cut.
+    _console(env, buffer).print(table, crop=False)
     return buffer.getvalue()
 
 
