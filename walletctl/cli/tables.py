@@ -125,16 +125,22 @@ def _table(
         show_footer=shown.footer is not None,
     )
     for column in columns:
-        widest = max((len(row[column.key]) for row in cells), default=0)
+        widest = max(
+            (
+                len(value)
+                for value in (*(row[column.key] for row in cells), footer.get(column.key, ""))
+            ),
+            default=0,
+        )
         table.add_column(
             Text(column.title),
             footer=Text(footer.get(column.key, "")),
             justify="right" if column.numeric else "left",
-            no_wrap=column.numeric,
             overflow="fold",
-            # Text may wrap, but not to nothing: a table that cannot give each text column
-            # this much is too wide, and the rows are printed as blocks instead.
-            min_width=None if column.numeric else min(max(widest, 1), TEXT_MIN_WIDTH),
+            # A number column is never narrower than its widest number (its title may wrap);
+            # text may wrap, but not to nothing: a table that cannot give each column this
+            # much is too wide, and the rows are printed as blocks instead.
+            min_width=max(widest, 1) if column.numeric else min(max(widest, 1), TEXT_MIN_WIDTH),
         )
     for row, original in zip(cells, rows, strict=True):
         style = (shown.styles or {}).get(str(original.get("status", "")))
