@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,6 +16,9 @@ from walletctl.cli.formats import QuietOption, prints
 from walletctl.cli.groups import FINANCE, command
 from walletctl.cli.output import Format, Listing, Output, Record
 from walletctl.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from walletctl.core.reconcile import ReconcileReport
 
 
 @command(
@@ -64,16 +67,16 @@ def reconcile(
         raise typer.Exit(ExitCode.RECONCILE_FAILED)
 
 
-def show_reconcile(out: Output, report: object) -> None:
+def show_reconcile(out: Output, report: ReconcileReport) -> None:
     scope = (
-        f"transactions after {report.horizon} (sealed up to there)"  # type: ignore[attr-defined]
-        if report.mode == "incremental"  # type: ignore[attr-defined]
+        f"transactions after {report.horizon} (sealed up to there)"
+        if report.mode == "incremental"
         else "the whole ledger"
     )
     out.document(
-        Record(views.reconcile(report), title="Reconcile"),  # type: ignore[arg-type]
+        Record(views.reconcile(report), title="Reconcile"),
         Listing(
-            views.checks(report),  # type: ignore[arg-type]
+            views.checks(report),
             views.CHECK_COLUMNS,
             title=f"Reconcile: {scope}",
             name="checks",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -106,9 +106,9 @@ def _chosen_format(
 
 @contextmanager
 def _destination(path: Path | None) -> Iterator[Any]:
+    """Where the output goes: stdout (None), or a file written whole or not at all."""
     if path is None:
-        with nullcontext():
-            yield None
+        yield None
         return
     from walletctl.cli.files import atomic_text_file
 

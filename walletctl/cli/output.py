@@ -22,7 +22,6 @@ rich is imported only when a table is drawn.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -321,11 +320,3 @@ def csv_cell(value: Any, *, raw: bool = False) -> str:
 def table_time(value: datetime) -> str:
     """A time in a table: ISO 8601 in UTC, to the second."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def plain_rows(listing: Listing) -> str:
-    """A listing as tsv text (for a message on stderr)."""
-    buffer = io.StringIO()
-    env = Environment(stdout=buffer, stderr=buffer, stdout_isatty=False)
-    Output(env.bind(), Format.TSV).listing(listing)
-    return buffer.getvalue()

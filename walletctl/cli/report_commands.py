@@ -17,6 +17,8 @@ from walletctl.errors import InvalidInput
 
 if TYPE_CHECKING:
     from walletctl.cli.app import State
+    from walletctl.core.models import TransactionDetail
+    from walletctl.core.policy import CreditRequest
     from walletctl.core.summary import ReportFilter
 
 
@@ -384,8 +386,10 @@ def _key(current: State, out: Output, key: str) -> None:
     _show_transaction(out, found, request)
 
 
-def _show_transaction(out: Output, detail: object, request: object) -> None:
-    header = views.transaction(detail, request)  # type: ignore[arg-type]
+def _show_transaction(
+    out: Output, detail: TransactionDetail, request: CreditRequest | None
+) -> None:
+    header = views.transaction(detail, request)
     out.document(
         Record(
             header,
@@ -393,7 +397,7 @@ def _show_transaction(out: Output, detail: object, request: object) -> None:
             numeric=views.TRANSACTION_NUMERIC,
         ),
         Listing(
-            [views.entry(found) for found in detail.entries],  # type: ignore[attr-defined]
+            [views.entry(found) for found in detail.entries],
             views.ENTRY_COLUMNS,
             title="Entries",
             name="entries",
