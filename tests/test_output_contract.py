@@ -408,3 +408,20 @@ def test_a_statement_row_is_one_line_on_a_120_column_terminal(ledger: Ledger) ->
     assert "Not shown at this width" in shown.stdout
     wide = run_on(terminal(200), ledger.url, "audit", "alice")
     assert "Not shown" not in wide.stdout and "s1" in wide.stdout  # the key, at 200
+
+
+def test_a_notice_about_the_whole_report_goes_to_stderr_and_into_json() -> None:
+    """The hook for notes such as a read replica's lag: a line on stderr, and a
+    `notices` field of a JSON document (JSON lines carry rows only)."""
+    from walletctl.cli.output import Format, Listing, Output, Record
+
+    out, err = io.StringIO(), io.StringIO()
+    env = Environment(stdout=out, stderr=err, stdout_isatty=False).bind()
+    env.notice("read from a standby 2.5 s behind the primary")
+    Output(env, Format.JSON).record(Record({"user": "alice"}, title="x"))
+    Output(env, Format.JSON).listing(Listing([{"a": 1}], [], title="x", name="rows"))
+    Output(env, Format.JSONL).listing(Listing([{"a": 1}], [], title="x", name="rows"))
+    first, second, third = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["notices"] == second["notices"] == ["read from a standby 2.5 s behind the primary"]
+    assert third == {"a": 1}
+    assert err.getvalue() == "walletctl: note: read from a standby 2.5 s behind the primary\n"
