@@ -270,3 +270,29 @@ def test_hledger_balance_sheet_and_income_statement_agree_with_the_summary(
         )
     assert summary["GOLD"]["reversed_topup"] == 90 and summary["GOLD"]["reversed_spend"] == 120
     assert summary["GOLD"]["reversed_bonus"] == 5
+
+
+def test_one_name_and_one_sign_per_concept_in_every_view(clean_db: str, tmp_path: Path) -> None:
+    """A spend of 120 is -120 in its receipt, the statement, audit --txn, audit --by-actor and
+    the bulk report; the bulk report says idempotency_key like everything else; user list
+    has a column per asset."""
+    cli = Cli(clean_db)
+    cli("asset", "add", "GOLD", "Gold Coins")
+    cli("asset", "add", "POINTS", "Reward Points")
+    cli("topup", "alice", "500")
+    receipt = json.loads(cli("spend", "alice", "120", "--key", "s-120", "--json").stdout)
+    statement = _lines(cli("audit", "alice", "--kind", "spend", "--json"))
+    detail = json.loads(cli("audit", "--txn", str(receipt["transaction_id"]), "--json").stdout)
+    by_actor = json.loads(cli("audit", "--by-actor", "--kind", "spend", "--json").stdout)
+    spends = tmp_path / "spends.csv"
+    spends.write_text("user,amount,key\nalice,120,b-120\n")
+    report = tmp_path / "report.jsonl"
+    assert cli("spend", "--file", str(spends), "--report", str(report)).exit_code == 0
+    (row,) = [json.loads(line) for line in report.read_text().splitlines()]
+    assert receipt["amount"] == statement[0]["amount"] == detail["amount"] == -120
+    assert by_actor["actors"][0]["amount"] == -120 and row["amount"] == -120
+    assert row["idempotency_key"] == "b-120" and "key" not in row
+    assert receipt["user"] == detail["user"] == row["user"] == "alice"
+    listed = list(csv.DictReader(io.StringIO(cli("user", "list", "--csv").stdout)))
+    assert listed[0]["GOLD"] == "260" and listed[0]["POINTS"] == "0"
+    assert "balances" not in listed[0]
