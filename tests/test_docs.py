@@ -13,26 +13,13 @@ import typer.main
 
 from walletctl.cli.app import app
 
+from .cli_helpers import leaf_commands
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def _commands() -> list[tuple[str, Any]]:
-    found: list[tuple[str, Any]] = []
-
-    def walk(group: Any, prefix: str) -> None:
-        for name, sub in group.commands.items():
-            path = f"{prefix}{name}"
-            if hasattr(sub, "commands"):
-                walk(sub, f"{path} ")
-            else:
-                found.append((path, sub))
-
-    walk(typer.main.get_command(app), "")
-    return found
-
-
-COMMANDS = _commands()
+COMMANDS = leaf_commands()
 
 
 def _mentions(option: str) -> bool:

@@ -18,7 +18,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import typer.main
 from typer.testing import CliRunner
 
 from walletctl.cli import views
@@ -26,7 +25,7 @@ from walletctl.cli.app import app
 from walletctl.cli.env import Environment
 from walletctl.cli.output import FORMAT_NAMES
 
-from .cli_helpers import Cli
+from .cli_helpers import Cli, leaf_commands
 from .conftest import with_user
 
 Conn = psycopg.Connection[Any]
@@ -128,24 +127,8 @@ EXTRA_SAMPLES: list[Callable[[Ledger], list[str]]] = [
 SEVERAL_TABLES = {"demo", "policy show"}
 
 
-def _leaf_commands() -> list[str]:
-    root = typer.main.get_command(app)
-    names: list[str] = []
-
-    def walk(group: Any, prefix: str) -> None:
-        for name, sub in group.commands.items():
-            path = f"{prefix}{name}"
-            if hasattr(sub, "commands"):
-                walk(sub, f"{path} ")
-            else:
-                names.append(path)
-
-    walk(root, "")
-    return names
-
-
 def test_every_command_has_a_sample() -> None:
-    assert set(_leaf_commands()) - {"export"} == set(SAMPLES)
+    assert {name for name, _ in leaf_commands()} - {"export"} == set(SAMPLES)
 
 
 def _check(fmt: str, stdout: str) -> None:

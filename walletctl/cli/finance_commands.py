@@ -12,7 +12,7 @@ from walletctl.cli import options, views
 from walletctl.cli.app import state
 from walletctl.cli.exit_codes import ExitCode
 from walletctl.cli.files import atomic_text_file
-from walletctl.cli.formats import QuietOption, prints
+from walletctl.cli.formats import OutputPathOption, QuietOption, prints
 from walletctl.cli.groups import FINANCE, command
 from walletctl.cli.output import Format, Listing, Output, Record
 from walletctl.errors import InvalidInput
@@ -152,15 +152,7 @@ def export(
     actor: options.ActorFilter = None,
     on_behalf_of: options.OnBehalfOfFilter = None,
     reason: options.ReasonFilter = None,
-    output_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Write to this file (whole or not at all) instead of stdout.",
-            show_default=False,
-        ),
-    ] = None,
+    output_path: OutputPathOption = None,
     raw_csv: Annotated[
         bool,
         typer.Option(

@@ -116,6 +116,15 @@ def _destination(path: Path | None) -> Iterator[Any]:
         yield stream
 
 
+OutputPathOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write to this file (whole or not at all) instead of stdout.",
+        show_default=False,
+    ),
+]
 QuietOption = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="No messages on stderr (errors are still reported)."),
@@ -178,15 +187,7 @@ def _option_parameters(*, output_file: bool, pager: bool) -> list[inspect.Parame
                 "output_path",
                 keyword,
                 default=None,
-                annotation=Annotated[
-                    Path | None,
-                    typer.Option(
-                        "--output",
-                        "-o",
-                        help="Write to this file (whole or not at all) instead of stdout.",
-                        show_default=False,
-                    ),
-                ],
+                annotation=OutputPathOption,
             )
         )
     if pager:
