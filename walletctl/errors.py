@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from walletctl.core.reconcile import ReconcileReport
+
 
 class WalletError(Exception):
     """Base of every error walletctl raises on purpose. The message is one line for a person."""
@@ -120,3 +125,12 @@ class RequestNotFound(NotFound):
 
 class AlreadyDecided(WalletError):
     """The request was already approved or rejected, the other way."""
+
+
+class ReconcileFailed(WalletError):
+    """reconcile found a discrepancy, so seal refused to seal: ``report`` says which checks
+    failed and names their first rows."""
+
+    def __init__(self, message: str, *, report: ReconcileReport) -> None:
+        super().__init__(message)
+        self.report = report

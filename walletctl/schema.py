@@ -203,6 +203,18 @@ seal_checkpoints = Table(
     # different number sends reconcile to re-hash the history.
     Column("ledger_changes", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The tripwire's other references (since migration 0006; NULL in older checkpoints):
+    # rows inserted into the ledger tables as the statistics counted them, which never go
+    # down unless the statistics are lost; when this database's statistics were last reset
+    # (any reset, of one table or all, moves it);
+    Column("ledger_inserts", BigInteger),
+    Column("stats_reset", DateTime(timezone=True)),
+    # the snapshot the checkpoint was computed in, and the last heap page of each ledger
+    # table then: a row of a sealed transaction stored on or after that page by a database
+    # transaction the snapshot did not see was written after the seal (edited, or late).
+    Column("snapshot", Text),
+    Column("transactions_last_page", BigInteger),
+    Column("ledger_entries_last_page", BigInteger),
     CheckConstraint("horizon > previous_horizon", name="horizon_advances"),
 )
 

@@ -62,6 +62,8 @@ def exit_code_for(error: BaseException) -> ExitCode:
             return ExitCode.NOT_PERMITTED
         case errors.Busy():
             return ExitCode.BUSY
+        case errors.ReconcileFailed():
+            return ExitCode.RECONCILE_FAILED
         case errors.DatabaseUnavailable() | errors.SchemaOutOfDate():
             return ExitCode.DATABASE_UNAVAILABLE
         case errors.Refused():

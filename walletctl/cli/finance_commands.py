@@ -88,8 +88,9 @@ def show_reconcile(out: Output, report: ReconcileReport) -> None:
 
 @command(
     "seal",
-    "Seal history (for a daily cron): reconcile what is new, then store a checkpoint "
-    "hashing every transaction and entry up to a safe horizon, chained to the previous one.",
+    "Seal history (for a daily cron): reconcile, then store a checkpoint hashing every "
+    "transaction and entry up to a safe horizon, chained to the previous one; both in one "
+    "snapshot, so it seals only what it verified.",
     exits=(ExitCode.RECONCILE_FAILED, ExitCode.REFUSED),
     panel=FINANCE,
 )
@@ -107,16 +108,16 @@ def seal(
     ] = 60.0,
 ) -> None:
     from walletctl.core import seal as sealing
-    from walletctl.core.reconcile import reconcile as run_reconcile
+    from walletctl.errors import ReconcileFailed
 
     env = out.env
     with state(ctx).connection() as conn:
-        report = run_reconcile(conn)
-        if not report.passed:
-            show_reconcile(Output(env, Format.TSV, stream=env.err), report)
+        try:
+            checkpoint = sealing.seal(conn, wait_seconds=wait)
+        except ReconcileFailed as refused:
+            show_reconcile(Output(env, Format.TSV, stream=env.err), refused.report)
             env.message("seal: refused, reconcile found discrepancies (see above)")
-            raise typer.Exit(ExitCode.RECONCILE_FAILED)
-        checkpoint = sealing.seal(conn, wait_seconds=wait)
+            raise typer.Exit(ExitCode.RECONCILE_FAILED) from None
     if checkpoint is None:
         env.message("seal: nothing new to seal")
         out.record(Record({"checkpoint": None}, title="Nothing new to seal"))

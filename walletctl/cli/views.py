@@ -17,6 +17,7 @@ from walletctl.core.values import balance_change
 
 if TYPE_CHECKING:
     from walletctl.core.bulk import InvalidRow, RowOutcome
+    from walletctl.core.checkpoints import Checkpoint
     from walletctl.core.models import (
         Asset,
         Balance,
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
         Freeze,
     )
     from walletctl.core.reconcile import ReconcileReport
-    from walletctl.core.seal import Checkpoint
     from walletctl.core.summary import ActorTotal, PeriodSummary
     from walletctl.roles import Membership
 

@@ -1,21 +1,23 @@
 """Reconcile: prove the ledger is whole, independently of the code that wrote it.
 
-Full (``full=True``, or before the first seal): fingerprints first, one parallel scan of
-each table (see walletctl.core.reconcile_sql); if every fingerprint agrees, the checks
-pass. If one differs, the exact passes run to name the rows:
+Every run (the SQL is in walletctl.core.reconcile_sql):
 
-- by transaction (uq_ledger_entries_transaction_id_account_id, merged with transactions):
-  zero-sum per transaction, the shape each kind requires;
-- by account and asset in posting order (ix_ledger_entries_account_asset_time, merged with
-  balances): running balances, cached balances, no negatives, zero-sum per asset.
+- each cached balance against the last entry of its account and asset (one index descent
+  each, so O(users), whatever the ledger's length): a cache edited for a user with no new
+  posting is named;
+- the checkpoint chain and its tripwire (walletctl.core.checkpoints, .tripwire).
 
-Reversals are few and always checked row by row. A full run also re-hashes all sealed
-history.
+The default, once a checkpoint exists (incremental), adds what came after its horizon: the
+new transactions row by row, the running balance of every account and asset with new
+entries in (time, id) order from the first new entry to the last entry, linked to the last
+entry before it (an older entry stored among the new ones, a back-dated insert, is caught
+there), and the per-asset totals from the checkpoint's. History is re-hashed only when the
+tripwire fires.
 
-Incremental (the default once a checkpoint exists): the same checks for the transactions
-after the last checkpoint's horizon, each new entry's running balance linked to the last
-sealed one, totals per asset from the checkpoint's, and the checkpoint chain with its
-tripwire (see walletctl.core.seal); history is re-hashed only when the tripwire fires.
+Full (``full=True``, or before the first seal) adds the whole ledger: the running balances
+in (time, id) order in one ordered scan of the covering statement index; the shape of every
+transaction by fingerprints, and row by row (naming them) only when a fingerprint differs;
+the per-asset totals; and it re-hashes all sealed history.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from walletctl.core import checkpoints
 from walletctl.core import reconcile_sql as sql
-from walletctl.core import seal
 from walletctl.core.models import Connection
 from walletctl.core.reconcile_sql import EXAMPLES
 from walletctl.core.sqlerrors import translated
+from walletctl.core.tripwire import tripwire
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,9 @@ class ReconcileReport:
     horizon: int
     """The last checkpoint's horizon (0 when none): a full run still reports it."""
     method: str = "exact"
-    """"fingerprint" (one scan per table, all equal) or "exact" (row by row, names rows)."""
+    """How the transactions' shapes were proven: "fingerprint" (one scan per table, all
+    equal) or "exact" (row by row, naming rows: the default's passes, or a full run whose
+    fingerprint differed)."""
     notes: tuple[str, ...] = ()
 
     @property
@@ -69,100 +74,6 @@ class ReconcileReport:
         return tuple(check for check in self.checks if not check.passed)
 
 
-def _ids(prefix: str, values: Sequence[Any] | None) -> tuple[str, ...]:
-    return tuple(f"{prefix}{value}" for value in values or ())
-
-
-def reconcile(conn: Connection, *, full: bool = False) -> ReconcileReport:
-    """Run every check: over what came after the last checkpoint, or the whole ledger.
-
-    The whole ledger is first checked by fingerprints (one scan of each table); only when
-    one differs do the exact passes run, to name the rows. Reads only, in one REPEATABLE
-    READ transaction, so every pass sees the same committed ledger while postings go on."""
-    with translated(), conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        # Compiling these scans costs more than it saves up to tens of millions of rows.
-        cursor.execute("SET LOCAL jit = off")
-        checkpoint = seal.latest_checkpoint(conn)
-        incremental = checkpoint is not None and not full
-        horizon = checkpoint.horizon if checkpoint else 0
-        params = {
-            "horizon": horizon if incremental else 0,
-            "checkpoint": checkpoint.id if checkpoint else None,
-        }
-        reversals = cursor.execute(sql.REVERSALS_SQL, params).fetchone()
-        fast = None if incremental else _fingerprint_checks(conn, reversals)
-        if fast is None:
-            by_txn = cursor.execute(sql.BY_TRANSACTION_SQL, params).fetchone()
-            by_account = cursor.execute(
-                sql.BY_ACCOUNT_SINCE_SQL if incremental else sql.BY_ACCOUNT_SQL, params
-            ).fetchone()
-        sealed, notes = _sealed_history(conn, checkpoint, full=full)
-    if fast is not None:
-        checks, method = (*fast, sealed), "fingerprint"
-    else:
-        assert by_txn is not None and by_account is not None and reversals is not None
-        checks, method = (*_exact_checks(by_txn, by_account, reversals), sealed), "exact"
-    return ReconcileReport(
-        checks=checks,
-        mode="incremental" if incremental else "full",
-        horizon=horizon,
-        method=method,
-        notes=notes,
-    )
-
-
-def _fingerprint_checks(
-    conn: Connection, reversals: dict[str, Any] | None
-) -> tuple[CheckResult, ...] | None:
-    """The checks of the whole ledger from one scan per table; None when any fingerprint
-    differs (or cannot be computed), so that the exact passes run and name the rows."""
-    assert reversals is not None
-    try:
-        with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-            entries = cursor.execute(sql.ENTRIES_FINGERPRINT_SQL).fetchone()
-            transactions = cursor.execute(sql.TRANSACTIONS_FINGERPRINT_SQL).fetchone()
-            cached = cursor.execute(sql.BALANCES_FINGERPRINT_SQL).fetchone()
-    except psycopg.errors.NumericValueOutOfRange:
-        return None
-    assert entries is not None and transactions is not None and cached is not None
-    count = int(transactions["transactions"]) + int(reversals["reversals"])
-    required = sum(
-        part[key] for part in (transactions, reversals) for key in ("user_shape", "treasury_shape")
-    )
-    shapes_match = (
-        transactions["unresolved"] == 0
-        and reversals["unresolved"] == 0
-        and entries["user_entries"] == count
-        and entries["entries"] == 2 * count
-        and entries["shape"] == required
-    )
-    chains_match = (
-        entries["chain_before"] - entries["chain_after"]
-        == cached["chain_start"] - cached["chain_end"]
-    )
-    if not (shapes_match and chains_match) or min(entries["lowest"], cached["lowest"]) < 0:
-        return None
-    return (
-        CheckResult(*_ZERO_SUM_TRANSACTION, count, 0),
-        CheckResult(*_ZERO_SUM_ASSET, cached["assets"], 0),
-        CheckResult(*_CACHED, cached["balances"], 0),
-        CheckResult(*_NO_NEGATIVE, cached["balances"], 0),
-        CheckResult(*_RUNNING, int(entries["user_entries"]), 0),
-        CheckResult(*_WELL_FORMED, count, 0),
-        _reversal_check(reversals),
-    )
-
-
-def _reversal_check(reversals: dict[str, Any]) -> CheckResult:
-    return CheckResult(
-        *_REVERSALS,
-        reversals["reversals"],
-        reversals["bad_reversals"],
-        _ids("transaction ", reversals["bad_reversal_ids"]),
-    )
-
-
 _ZERO_SUM_TRANSACTION = ("zero_sum_per_transaction", "the entries of each transaction sum to zero")
 _ZERO_SUM_ASSET = (
     "zero_sum_per_asset",
@@ -170,7 +81,7 @@ _ZERO_SUM_ASSET = (
 )
 _CACHED = (
     "cached_balances_match_ledger",
-    "each cached balance, and each asset's total, equals its entries",
+    "each cached balance equals its last entry's balance_after; each asset's total, its entries",
 )
 _NO_NEGATIVE = (
     "no_negative_balances",
@@ -178,7 +89,7 @@ _NO_NEGATIVE = (
 )
 _RUNNING = (
     "running_balances_consistent",
-    "each entry's balance_after = the previous one + its amount",
+    "in (time, id) order, each entry's balance_after = the previous one + its amount",
 )
 _WELL_FORMED = (
     "transactions_well_formed",
@@ -190,65 +101,208 @@ _REVERSALS = (
 )
 
 
-def _exact_checks(
-    by_txn: dict[str, Any], by_account: dict[str, Any], reversals: dict[str, Any]
+def reconcile(conn: Connection, *, full: bool = False) -> ReconcileReport:
+    """Run every check, in one REPEATABLE READ, READ ONLY transaction of its own (so every
+    pass sees the same committed ledger while postings go on). ``conn`` must not be in a
+    transaction."""
+    with translated(), conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return check_ledger(conn, full=full)
+
+
+def check_ledger(conn: Connection, *, full: bool = False) -> ReconcileReport:
+    """Every check, in the caller's transaction and snapshot (walletctl.core.seal seals in
+    the snapshot it checked)."""
+    # Compiling these scans costs more than it saves up to tens of millions of rows.
+    conn.execute("SET LOCAL jit = off")
+    checkpoint = checkpoints.latest_checkpoint(conn)
+    incremental = checkpoint is not None and not full
+    horizon = checkpoint.horizon if checkpoint else 0
+    if incremental:
+        assert checkpoint is not None
+        ledger_checks, method = _since(conn, checkpoint), "exact"
+    else:
+        ledger_checks, method = _whole(conn)
+    sealed, notes = _sealed_history(conn, checkpoint, full=full)
+    return ReconcileReport(
+        checks=(*ledger_checks, sealed),
+        mode="incremental" if incremental else "full",
+        horizon=horizon,
+        method=method,
+        notes=notes,
+    )
+
+
+def _query(conn: Connection, query: str, params: Any = None) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(query, params).fetchone()
+    assert row is not None
+    return row
+
+
+def _rows(conn: Connection, query: str, params: Any = None) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(query, params).fetchall()
+
+
+def _since(conn: Connection, checkpoint: checkpoints.Checkpoint) -> tuple[CheckResult, ...]:
+    params = {"horizon": checkpoint.horizon, "checkpoint": checkpoint.id}
+    reversals = _query(conn, sql.REVERSALS_SQL, params)
+    by_txn = _query(conn, sql.BY_TRANSACTION_SQL, params)
+    chains = _query(conn, sql.NEW_CHAINS_SQL, params)
+    cached = _query(conn, sql.CACHED_BALANCES_SQL)
+    totals = _rows(conn, sql.ASSET_TOTALS_SINCE_SQL, params)
+    return _assemble(conn, by_txn, reversals, chains, cached, totals)
+
+
+def _whole(conn: Connection) -> tuple[tuple[CheckResult, ...], str]:
+    params = {"horizon": 0, "checkpoint": None}
+    reversals = _query(conn, sql.REVERSALS_SQL, params)
+    chains = _query(conn, sql.CHAINS_SQL)
+    cached = _query(conn, sql.CACHED_BALANCES_SQL)
+    shapes, entries = _fingerprints(conn, reversals)
+    if shapes is None:
+        by_txn, method = _query(conn, sql.BY_TRANSACTION_SQL, params), "exact"
+    else:
+        by_txn, method = shapes, "fingerprint"
+    cached_totals = {row["asset_id"]: row for row in _rows(conn, sql.CACHED_TOTALS_SQL)}
+    totals = [
+        {
+            "code": cached_totals.get(asset_id, {}).get("code") or f"asset {asset_id}",
+            "total": entries.get(asset_id, {}).get("total") or 0,
+            "outstanding": entries.get(asset_id, {}).get("outstanding") or 0,
+            "cached": cached_totals.get(asset_id, {}).get("cached") or 0,
+        }
+        for asset_id in sorted(set(cached_totals) | set(entries))
+    ]
+    return _assemble(conn, by_txn, reversals, chains, cached, totals), method
+
+
+def _fingerprints(
+    conn: Connection, reversals: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[int, dict[str, Any]]]:
+    """The transactions' checks from one scan of each table, as the exact pass reports them
+    when all is well (None when the fingerprints differ, or cannot be computed: an overflow,
+    so that the exact pass names the rows), and the entries' totals per asset."""
+    try:
+        with conn.transaction():
+            entries = _rows(conn, sql.ENTRIES_FINGERPRINT_SQL)
+            transactions = _query(conn, sql.TRANSACTIONS_FINGERPRINT_SQL)
+    except psycopg.errors.NumericValueOutOfRange:
+        totals = _rows(conn, sql.ENTRIES_TOTALS_SQL)
+        return None, {row["asset_id"]: row for row in totals}
+    by_asset = {row["asset_id"]: row for row in entries}
+    count = int(transactions["transactions"]) + int(reversals["reversals"])
+    required = sum(
+        part[key] for part in (transactions, reversals) for key in ("user_shape", "treasury_shape")
+    )
+    if not (
+        transactions["unresolved"] == 0
+        and reversals["unresolved"] == 0
+        and sum(row["user_entries"] for row in entries) == count
+        and sum(row["entries"] for row in entries) == 2 * count
+        and sum(row["shape"] for row in entries) == required
+    ):
+        return None, by_asset
+    return {"transactions": count, "unbalanced": 0, "misshapen": 0}, by_asset
+
+
+def _assemble(
+    conn: Connection,
+    by_txn: dict[str, Any],
+    reversals: dict[str, Any],
+    chains: dict[str, Any],
+    cached: dict[str, Any],
+    totals: Sequence[dict[str, Any]],
 ) -> tuple[CheckResult, ...]:
     transactions = int(by_txn["transactions"])
+    unbalanced = [row for row in totals if row["total"] != 0]
+    off = [row for row in totals if row["outstanding"] != row["cached"]]
+    entries = _entry_labels(conn, [*(chains["broken_ids"] or ()), *(chains["negative_ids"] or ())])
+    negative_entries = [
+        f"{entries[i]['label']}: transaction {entries[i]['transaction_id']} left "
+        f"{entries[i]['balance_after']}"
+        for i in chains["negative_ids"] or ()
+    ]
     return (
         CheckResult(
             *_ZERO_SUM_TRANSACTION,
             transactions,
             by_txn["unbalanced"],
-            _ids("transaction ", by_txn["unbalanced_ids"]),
+            _ids("transaction ", by_txn.get("unbalanced_ids")),
         ),
         CheckResult(
             *_ZERO_SUM_ASSET,
-            by_account["assets"],
-            by_account["unbalanced_assets"],
-            tuple(by_account["unbalanced_asset_labels"] or ()),
+            len(totals),
+            len(unbalanced),
+            tuple(f"{row['code']}: entries sum to {row['total']}" for row in unbalanced),
         ),
         CheckResult(
             *_CACHED,
-            by_account["user_balances"] + by_account["assets"],
-            by_account["drifted"] + by_account["off_totals"],
-            tuple((by_account["drifted_labels"] or []) + (by_account["off_total_labels"] or []))[
-                :EXAMPLES
-            ],
+            int(cached["balances"]) + len(totals),
+            int(cached["drifted"]) + len(off),
+            (
+                *(cached["drifted_labels"] or ()),
+                *(
+                    f"{row['code']}: users hold {row['cached']} cached, {row['outstanding']} "
+                    "by the ledger"
+                    for row in off
+                ),
+            )[:EXAMPLES],
         ),
         CheckResult(
             *_NO_NEGATIVE,
-            by_account["user_balances"],
-            by_account["negative"],
-            tuple(by_account["negative_labels"] or ()),
+            int(cached["balances"]),
+            int(cached["negative"]) + int(chains["negative"]),
+            (*(cached["negative_labels"] or ()), *negative_entries)[:EXAMPLES],
         ),
         CheckResult(
             *_RUNNING,
-            int(by_account["entries"] or 0),
-            by_account["broken_chains"],
-            tuple(by_account["broken_chain_labels"] or ()),
+            int(chains["entries"]),
+            int(chains["broken"]),
+            tuple(
+                f"{entries[i]['label']}: transaction {entries[i]['transaction_id']} (entry {i}) "
+                "does not continue the balance before it"
+                for i in chains["broken_ids"] or ()
+            ),
         ),
         CheckResult(
             *_WELL_FORMED,
             transactions,
             by_txn["misshapen"],
-            _ids("transaction ", by_txn["misshapen_ids"]),
+            _ids("transaction ", by_txn.get("misshapen_ids")),
         ),
-        _reversal_check(reversals),
+        CheckResult(
+            *_REVERSALS,
+            reversals["reversals"],
+            reversals["bad_reversals"],
+            _ids("transaction ", reversals["bad_reversal_ids"]),
+        ),
     )
 
 
+def _ids(prefix: str, values: Sequence[Any] | None) -> tuple[str, ...]:
+    return tuple(f"{prefix}{value}" for value in values or ())
+
+
+def _entry_labels(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    if not ids:
+        return {}
+    return {row["id"]: row for row in _rows(conn, sql.ENTRY_LABELS_SQL, (list(ids),))}
+
+
 def _sealed_history(
-    conn: Connection, checkpoint: seal.Checkpoint | None, *, full: bool
+    conn: Connection, checkpoint: checkpoints.Checkpoint | None, *, full: bool
 ) -> tuple[CheckResult, tuple[str, ...]]:
     name = "sealed_history_unchanged"
     description = "checkpoints chain up, and sealed transactions hash as sealed"
     if checkpoint is None:
         return CheckResult(name, description, 0, 0), ()
-    problems = seal.verify_chain(conn)
-    tripped = seal.tripwire(conn, checkpoint)
+    problems = checkpoints.verify_chain(conn)
+    tripped = tripwire(conn, checkpoint)
     notes = tuple(f"tripwire: {reason}; re-hashed all sealed history" for reason in tripped)
-    checked = len(seal.checkpoints(conn))
+    checked = len(checkpoints.checkpoints(conn))
     if full or tripped:
-        checked, mismatches = seal.verify_history(conn)
+        checked, mismatches = checkpoints.verify_history(conn)
         problems += [mismatch.describe() for mismatch in mismatches]
     return CheckResult(name, description, checked, len(problems), tuple(problems[:EXAMPLES])), notes

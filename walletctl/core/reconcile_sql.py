@@ -1,24 +1,41 @@
-"""The SQL of reconcile: exact row-by-row passes, and one-pass fingerprints.
+"""The SQL of reconcile.
 
-Exact passes name the rows that fail; they stream covering indexes in the order each check
-needs. Fingerprints check the same invariants with one parallel scan per table and no
-joins or sorts: each side of an invariant is reduced to a sum of 64-bit hashes, and the
-sums must be equal. A difference sends reconcile to the exact passes.
+Every check names the rows that fail it (the first few). Three kinds of pass:
 
-- shape: the multiset of user entries (transaction, account, asset, amount) and of Treasury
-  entries (transaction, asset, amount) equals what the transactions require (and their
-  counts match). With at most one entry per account per transaction (a unique index), this
-  proves every transaction has its two entries, each of the kind's sign and amount, and so
-  that each transaction, and each asset, sums to zero.
-- chain: per (account, asset), the multiset {balance_after - amount} of its entries equals
-  {0} plus {balance_after} minus the final balance, which is the cached balance. This
-  proves each running balance follows from the one before, and that the cache equals the
-  sum of the entries.
+- lookups, O(users): each cached balance against the last entry of its account and asset
+  (CACHED_BALANCES_SQL: one descent of the statement index each);
+- since the last seal's horizon, O(new rows): the new transactions row by row
+  (BY_TRANSACTION_SQL), the running balance of every account and asset with new entries,
+  from the first new entry to the last entry in (time, id) order, linked to the entry
+  before it (NEW_CHAINS_SQL), the per-asset totals from the checkpoint's
+  (ASSET_TOTALS_SINCE_SQL);
+- the whole ledger (--full, or before the first seal): the running balances in (time, id)
+  order, one ordered scan of the covering statement index (CHAINS_SQL); the shape of every
+  transaction by fingerprints, one parallel scan per table with no join or sort
+  (ENTRIES_FINGERPRINT_SQL, TRANSACTIONS_FINGERPRINT_SQL), and row by row
+  (BY_TRANSACTION_SQL) only when a fingerprint differs, to name the transactions.
+
+The shape fingerprint: the multiset of user entries (transaction, account, asset, amount)
+and of Treasury entries (transaction, asset, amount) equals what the transactions require
+(and their counts match), each side reduced to a sum of 64-bit hashes. With at most one
+entry per account per transaction (a unique index), this proves every transaction has its
+two entries, each of the kind's sign and amount, and so that each transaction sums to zero.
+A shape does not depend on order; running balances do, so they are never fingerprinted.
 """
 
 from __future__ import annotations
 
 EXAMPLES = 5
+
+
+def label(account: str, asset: str) -> str:
+    """SQL naming an account and asset as a person reads them ("alice/GOLD"). Meant for
+    the few failing rows: each use is two index lookups."""
+    return f"""(coalesce((SELECT a.external_id FROM accounts a WHERE a.id = {account}),
+                 CASE WHEN {account} = 0 THEN 'Treasury' END, 'account ' || {account})
+        || '/' || coalesce((SELECT s.code FROM asset_types s WHERE s.id = {asset}),
+                           'asset ' || {asset}))"""
+
 
 # The user's entry of a transaction must move this much: + for credits, - for spends, and
 # the opposite of the reversed transaction for a reversal.
@@ -85,152 +102,146 @@ SELECT count(*) AS transactions,
 FROM checked
 """
 
-# What both by-account passes report, from a relation "labelled" with one row per
-# (account, asset) and a relation "per_asset" with the total of each asset's entries.
-_ACCOUNT_REPORT_SQL = f"""
-SELECT (SELECT coalesce(sum(entries), 0) FROM labelled)::bigint AS entries,
-       (SELECT count(*) FROM labelled WHERE account_id <> 0) AS user_balances,
-       (SELECT count(*) FROM per_asset) AS assets,
-       (SELECT count(*) FROM labelled WHERE breaks > 0) AS broken_chains,
-       (SELECT (array_agg(label ORDER BY label))[1:{EXAMPLES}] FROM labelled WHERE breaks > 0)
-           AS broken_chain_labels,
-       (SELECT count(*) FROM labelled WHERE drifted) AS drifted,
-       (SELECT (array_agg(label || ': cached ' || coalesce(balance::text, 'none') || ', ledger '
-                          || coalesce(ledger::text, 'none') ORDER BY label))[1:{EXAMPLES}]
-        FROM labelled WHERE drifted) AS drifted_labels,
-       (SELECT count(*) FROM labelled WHERE account_id <> 0 AND (balance < 0 OR lowest < 0))
-           AS negative,
-       (SELECT (array_agg(label ORDER BY label))[1:{EXAMPLES}] FROM labelled
-        WHERE account_id <> 0 AND (balance < 0 OR lowest < 0)) AS negative_labels,
-       (SELECT count(*) FROM per_asset WHERE total <> 0) AS unbalanced_assets,
-       (SELECT (array_agg(label || ': entries sum to ' || total ORDER BY label))[1:{EXAMPLES}]
-        FROM per_asset WHERE total <> 0) AS unbalanced_asset_labels,
-       (SELECT count(*) FROM per_asset WHERE outstanding IS DISTINCT FROM cached) AS off_totals,
-       (SELECT (array_agg(label || ': users hold ' || coalesce(cached::text, '0')
-                          || ' cached, ' || coalesce(outstanding::text, '0') || ' by the ledger'
-                          ORDER BY label))[1:{EXAMPLES}]
-        FROM per_asset WHERE outstanding IS DISTINCT FROM cached) AS off_total_labels
-"""
-
-_LABEL = """
-coalesce(a.external_id, CASE WHEN j.account_id = 0 THEN 'Treasury' END,
-         'account ' || j.account_id) || '/' || coalesce(s.code, 'asset ' || j.asset_id)
-"""
-
-# Each (account, asset) row of "joined" with a name a person can read.
-_LABELLED = f"""labelled AS (
-    SELECT j.*, {_LABEL} AS label
-    FROM joined j
-    LEFT JOIN accounts a ON a.id = j.account_id
-    LEFT JOIN asset_types s ON s.id = j.asset_id
-),"""
-
-_CACHED_PER_ASSET = "SELECT asset_id, sum(balance) AS cached FROM balances GROUP BY asset_id"
-
-BY_ACCOUNT_SQL = f"""
-WITH chained AS (
-    SELECT account_id, asset_id, amount, balance_after,
-           account_id <> 0 AND balance_after IS DISTINCT FROM
-               coalesce(lag(balance_after) OVER posting_order, 0) + amount AS broken
-    FROM ledger_entries
-    WINDOW posting_order AS (PARTITION BY account_id, asset_id ORDER BY created_at, id)
+# Every balances row, and every (user, asset) pair that has none, against the balance_after
+# of its last entry in (time, id) order (0 with no entry): one backward descent of
+# ix_ledger_entries_account_asset_time each, read from the index alone.
+_DRIFTED = "coalesce(balance, 0) <> coalesce(ledger, 0)"
+CACHED_BALANCES_SQL = f"""
+WITH pairs AS (
+    SELECT coalesce(b.account_id, x.account_id) AS account_id,
+           coalesce(b.asset_id, x.asset_id) AS asset_id, b.balance
+    FROM balances b
+    FULL JOIN (SELECT a.id AS account_id, s.id AS asset_id
+               FROM accounts a CROSS JOIN asset_types s
+               WHERE a.id <> 0) x
+      ON x.account_id = b.account_id AND x.asset_id = b.asset_id
+    ORDER BY 1, 2  -- the lookups in index order touch each index page once
 ),
-per_account AS (
-    SELECT account_id, asset_id, sum(amount) AS total, count(*) AS entries,
-           count(*) FILTER (WHERE broken) AS breaks, min(balance_after) AS lowest
-    FROM chained
-    GROUP BY account_id, asset_id
-),
-joined AS (
-    SELECT coalesce(p.account_id, b.account_id) AS account_id,
-           coalesce(p.asset_id, b.asset_id) AS asset_id,
-           coalesce(p.total, 0) AS ledger, coalesce(p.entries, 0) AS entries,
-           coalesce(p.breaks, 0) AS breaks, p.lowest, b.balance,
-           coalesce(p.account_id, b.account_id) <> 0
-               AND b.balance IS DISTINCT FROM p.total AS drifted
-    FROM per_account p
-    FULL JOIN balances b ON b.account_id = p.account_id AND b.asset_id = p.asset_id
-),
-{_LABELLED}
-per_asset AS (
-    SELECT l.asset_id, split_part(min(l.label), '/', 2) AS label, sum(l.ledger) AS total,
-           sum(l.ledger) FILTER (WHERE l.account_id <> 0) AS outstanding, min(c.cached) AS cached
-    FROM labelled l
-    LEFT JOIN ({_CACHED_PER_ASSET}) c ON c.asset_id = l.asset_id
-    GROUP BY l.asset_id
+compared AS (
+    SELECT p.account_id, p.asset_id, p.balance, last.balance_after AS ledger
+    FROM pairs p
+    LEFT JOIN LATERAL (
+        SELECT e.balance_after FROM ledger_entries e
+        WHERE e.account_id = p.account_id AND e.asset_id = p.asset_id
+        ORDER BY e.created_at DESC, e.id DESC
+        LIMIT 1
+    ) last ON true
 )
-{_ACCOUNT_REPORT_SQL}
+SELECT count(*) FILTER (WHERE balance IS NOT NULL OR ledger IS NOT NULL) AS balances,
+       count(*) FILTER (WHERE {_DRIFTED}) AS drifted,
+       (array_agg({label("account_id", "asset_id")} || ': cached '
+                  || coalesce(balance::text, 'none') || ', ledger '
+                  || coalesce(ledger::text, 'none') ORDER BY account_id, asset_id)
+        FILTER (WHERE {_DRIFTED}))[1:{EXAMPLES}] AS drifted_labels,
+       count(*) FILTER (WHERE balance < 0) AS negative,
+       (array_agg({label("account_id", "asset_id")} || ': cached ' || balance
+                  ORDER BY account_id, asset_id)
+        FILTER (WHERE balance < 0))[1:{EXAMPLES}] AS negative_labels
+FROM compared
 """
 
-# Since the horizon: the new entries of each touched (account, asset) in posting order,
-# the first one linked to the last entry before it; cached balances of the touched rows
-# compared exactly; per-asset totals from the checkpoint's plus the new entries.
-BY_ACCOUNT_SINCE_SQL = f"""
-WITH fresh AS MATERIALIZED (
-    SELECT id, account_id, asset_id, amount, balance_after, created_at
+# What a chain pass reports, from a relation "chained" of user entries (id, account_id,
+# asset_id, created_at, balance_after, broken).
+_CHAIN_REPORT_SQL = f"""
+SELECT count(*) AS entries,
+       count(*) FILTER (WHERE broken) AS broken,
+       (array_agg(id ORDER BY account_id, asset_id, created_at, id)
+        FILTER (WHERE broken))[1:{EXAMPLES}] AS broken_ids,
+       count(*) FILTER (WHERE balance_after < 0) AS negative,
+       (array_agg(id ORDER BY account_id, asset_id, created_at, id)
+        FILTER (WHERE balance_after < 0))[1:{EXAMPLES}] AS negative_ids
+FROM chained
+"""
+
+# The whole ledger: every user entry in (time, id) order per account and asset, one
+# ordered scan of the covering index (no sort), each balance_after = the one before + its
+# amount, the first = its amount. Entries of account ids below 1 are not users' (the shape
+# fingerprint finds any such entry).
+CHAINS_SQL = f"""
+WITH chained AS (
+    SELECT id, account_id, asset_id, created_at, balance_after,
+           balance_after IS DISTINCT FROM coalesce(lag(balance_after) OVER posting_order, 0)
+                                          + amount AS broken
     FROM ledger_entries
-    WHERE transaction_id > %(horizon)s
+    WHERE account_id > 0
+    WINDOW posting_order AS (PARTITION BY account_id, asset_id ORDER BY created_at, id)
+)
+{_CHAIN_REPORT_SQL}
+"""
+
+# Since the horizon: for each account and asset with an entry of a transaction after it,
+# every entry from the first such one to the last, in (time, id) order (the new entries,
+# and any older one stored among them: a back-dated entry breaks the chain of what follows
+# it), the first linked to the entry before it. Two index descents per account and asset,
+# plus the entries read.
+NEW_CHAINS_SQL = f"""
+WITH starts AS MATERIALIZED (
+    SELECT DISTINCT ON (account_id, asset_id) account_id, asset_id, created_at, id
+    FROM ledger_entries
+    WHERE transaction_id > %(horizon)s AND account_id <> 0
+    ORDER BY account_id, asset_id, created_at, id
 ),
 chained AS (
-    SELECT f.*, lag(f.balance_after) OVER posting_order AS previous_after,
-           row_number() OVER posting_order AS position,
-           count(*) OVER (PARTITION BY f.account_id, f.asset_id) AS touched
-    FROM fresh f
-    WHERE f.account_id <> 0
-    WINDOW posting_order AS (PARTITION BY f.account_id, f.asset_id ORDER BY f.created_at, f.id)
-),
-linked AS (
-    SELECT c.*,
-           CASE WHEN c.position = 1 THEN (
-               SELECT p.balance_after FROM ledger_entries p
-               WHERE p.account_id = c.account_id AND p.asset_id = c.asset_id
-                 AND (p.created_at, p.id) < (c.created_at, c.id)
-               ORDER BY p.created_at DESC, p.id DESC
-               LIMIT 1)
-           ELSE c.previous_after END AS before
-    FROM chained c
-),
-per_account AS (
-    SELECT account_id, asset_id, count(*) AS entries,
-           count(*) FILTER (WHERE balance_after IS DISTINCT FROM coalesce(before, 0) + amount)
-               AS breaks,
-           min(balance_after) AS lowest,
-           min(balance_after) FILTER (WHERE position = touched) AS last_after
-    FROM linked
-    GROUP BY account_id, asset_id
-),
-joined AS (
-    SELECT coalesce(p.account_id, b.account_id) AS account_id,
-           coalesce(p.asset_id, b.asset_id) AS asset_id,
-           p.last_after AS ledger, coalesce(p.entries, 0) AS entries,
-           coalesce(p.breaks, 0) AS breaks, p.lowest, b.balance,
-           p.account_id IS NOT NULL AND b.balance IS DISTINCT FROM p.last_after AS drifted
-    FROM per_account p
-    FULL JOIN (SELECT * FROM balances WHERE balance < 0
-               UNION
-               SELECT b.* FROM balances b
-               JOIN per_account t ON t.account_id = b.account_id AND t.asset_id = b.asset_id) b
-      ON b.account_id = p.account_id AND b.asset_id = p.asset_id
-),
-{_LABELLED}
-fresh_per_asset AS (
+    SELECT s.account_id, s.asset_id, r.id, r.created_at, r.balance_after,
+           r.balance_after IS DISTINCT FROM r.previous + r.amount AS broken
+    FROM starts s
+    LEFT JOIN LATERAL (
+        SELECT p.balance_after FROM ledger_entries p
+        WHERE p.account_id = s.account_id AND p.asset_id = s.asset_id
+          AND (p.created_at, p.id) < (s.created_at, s.id)
+        ORDER BY p.created_at DESC, p.id DESC
+        LIMIT 1
+    ) before ON true
+    CROSS JOIN LATERAL (
+        SELECT e.id, e.created_at, e.amount, e.balance_after,
+               lag(e.balance_after, 1, coalesce(before.balance_after, 0))
+                   OVER (ORDER BY e.created_at, e.id) AS previous
+        FROM ledger_entries e
+        WHERE e.account_id = s.account_id AND e.asset_id = s.asset_id
+          AND (e.created_at, e.id) >= (s.created_at, s.id)
+    ) r
+)
+{_CHAIN_REPORT_SQL}
+"""
+
+# The entries a chain pass named, for the report.
+ENTRY_LABELS_SQL = f"""
+SELECT e.id, e.transaction_id, e.amount, e.balance_after,
+       {label("e.account_id", "e.asset_id")} AS label
+FROM ledger_entries e
+WHERE e.id = ANY(%s)
+"""
+
+# Per asset: every entry's total (zero) and the users' (what they hold) against the
+# cached balances' total. Since the horizon: the checkpoint's totals plus the new entries'.
+ASSET_TOTALS_SINCE_SQL = """
+WITH fresh AS (
     SELECT asset_id, sum(amount) AS total,
            sum(amount) FILTER (WHERE account_id <> 0) AS outstanding
-    FROM fresh
+    FROM ledger_entries
+    WHERE transaction_id > %(horizon)s
     GROUP BY asset_id
 ),
-per_asset AS (
-    SELECT s.id AS asset_id, s.code AS label,
-           coalesce(sealed.entries_total, 0) + coalesce(n.total, 0) AS total,
-           coalesce(sealed.outstanding, 0) + coalesce(n.outstanding, 0) AS outstanding,
-           coalesce(c.cached, 0) AS cached
-    FROM asset_types s
-    LEFT JOIN seal_asset_totals sealed
-      ON sealed.asset_id = s.id AND sealed.checkpoint_id = %(checkpoint)s
-    LEFT JOIN fresh_per_asset n ON n.asset_id = s.id
-    LEFT JOIN ({_CACHED_PER_ASSET}) c ON c.asset_id = s.id
-)
-{_ACCOUNT_REPORT_SQL}
+cached AS (SELECT asset_id, sum(balance) AS cached FROM balances GROUP BY asset_id)
+SELECT s.id AS asset_id, s.code,
+       coalesce(sealed.entries_total, 0) + coalesce(n.total, 0) AS total,
+       coalesce(sealed.outstanding, 0) + coalesce(n.outstanding, 0) AS outstanding,
+       coalesce(c.cached, 0) AS cached
+FROM asset_types s
+LEFT JOIN seal_asset_totals sealed
+  ON sealed.asset_id = s.id AND sealed.checkpoint_id = %(checkpoint)s
+LEFT JOIN fresh n ON n.asset_id = s.id
+LEFT JOIN cached c ON c.asset_id = s.id
+ORDER BY s.code
+"""
+
+# The whole ledger's totals come with the entries' fingerprint; the cached side is this.
+CACHED_TOTALS_SQL = """
+SELECT s.id AS asset_id, s.code, coalesce(sum(b.balance), 0) AS cached
+FROM asset_types s
+LEFT JOIN balances b ON b.asset_id = s.id
+GROUP BY s.id, s.code
+ORDER BY s.code
 """
 
 # Keys of the hashes: an account and an asset (asset ids are smallints, below 65536), or a
@@ -238,18 +249,28 @@ per_asset AS (
 # raises, and reconcile falls back to the exact passes.
 _ACCOUNT_KEY = "account_id * 65536 + asset_id"
 
+# One parallel scan of ledger_entries: per asset, the shape hashes, the counts and the totals.
 ENTRIES_FINGERPRINT_SQL = f"""
-SELECT count(*) AS entries,
+SELECT asset_id,
+       count(*) AS entries,
        count(*) FILTER (WHERE account_id <> 0) AS user_entries,
        coalesce(sum(CASE WHEN account_id <> 0
                          THEN hashint8extended(amount,
                                                hashint8extended({_ACCOUNT_KEY}, transaction_id))
                          ELSE hashint8extended(amount, transaction_id * 65536 + asset_id)
                     END), 0) AS shape,
-       coalesce(sum(hashint8extended(balance_after - amount, {_ACCOUNT_KEY})), 0) AS chain_before,
-       coalesce(sum(hashint8extended(balance_after, {_ACCOUNT_KEY})), 0) AS chain_after,
-       coalesce(min(balance_after), 0) AS lowest
+       sum(amount) AS total,
+       coalesce(sum(amount) FILTER (WHERE account_id <> 0), 0) AS outstanding
 FROM ledger_entries
+GROUP BY asset_id
+"""
+
+# The same totals without the hashes, for when a hash key overflows bigint.
+ENTRIES_TOTALS_SQL = """
+SELECT asset_id, sum(amount) AS total,
+       coalesce(sum(amount) FILTER (WHERE account_id <> 0), 0) AS outstanding
+FROM ledger_entries
+GROUP BY asset_id
 """
 
 # What the transactions require: the user's entry (+ for credits, - for spends) and the
@@ -268,15 +289,6 @@ LATERAL (SELECT CASE t.kind WHEN 'topup' THEN t.amount
                             WHEN 'bonus' THEN t.amount
                             WHEN 'spend' THEN -t.amount END AS expected) x
 WHERE t.reverses IS NULL
-"""
-
-BALANCES_FINGERPRINT_SQL = f"""
-SELECT count(*) AS balances,
-       coalesce(sum(hashint8extended(0, {_ACCOUNT_KEY})), 0) AS chain_start,
-       coalesce(sum(hashint8extended(balance, {_ACCOUNT_KEY})), 0) AS chain_end,
-       coalesce(min(balance), 0) AS lowest,
-       (SELECT count(*) FROM asset_types) AS assets
-FROM balances
 """
 
 # Reversals are few and indexed (uq_transactions_reverses): always checked row by row, and
