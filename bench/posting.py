@@ -11,6 +11,9 @@ Designs, each on an identical copy of one template database:
 - core-0003: the core as it was before least privilege (schema revision 0003): functions
   running as the caller, who needs write privileges on the tables; no chain, sign,
   cached-balance or text checks in the database. Called as a superuser.
+- core-0005: the core at schema revision 0005 (least privilege and the operator controls,
+  before the hardening of 0006, which reads the controls after the balance lock and
+  checks a request's key): what that hardening costs. Called as an operator.
 - core: today's walletctl_post (SECURITY DEFINER, the rules of walletctl/sql/rules.sql),
   called as a login role that is only a member of walletctl_operator, as a deployment does.
 - core+fk: today's core with foreign keys from transactions and ledger_entries to accounts
@@ -182,7 +185,7 @@ def build_template(users: int, revision: str = "head") -> str:
         conn.execute(SEED_SCHEMA)
         for statement in SEED_USERS.strip().split(";\n"):
             conn.execute(statement, {"users": users, "start": START_BALANCE})
-        if revision == "head":
+        if revision != "0003":
             conn.execute("SELECT walletctl_add_asset('GOLD', 'Gold Coins')")
             if not conn.execute(
                 "SELECT 1 FROM pg_roles WHERE rolname = %s", (OPERATOR_ROLE,)
@@ -274,12 +277,12 @@ def measure(
     templates: dict[str, str], design: str, workload: str, clients: int, args: Any
 ) -> tuple[Timing, float]:
     """One run: its timing, and the server's CPU seconds per posting."""
-    template = templates["0003" if design == "core-0003" else "head"]
+    template = templates[design.removeprefix("core-") if design.startswith("core-") else "head"]
     with scratch_database(template) as url:
         if design == "core+fk":
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(CORE_FOREIGN_KEYS)
-        client_url = as_operator(url) if design in ("core", "core+fk") else url
+        client_url = as_operator(url) if design in ("core", "core+fk", "core-0005") else url
         worker = make_worker(
             client_url, "seed" if design == "seed" else "core", args.users, hot=workload == "hot"
         )
@@ -298,13 +301,16 @@ def main() -> None:
     )
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--designs", nargs="+", default=["seed", "core-0003", "core", "core+fk"])
+    parser.add_argument(
+        "--designs", nargs="+", default=["seed", "core-0003", "core-0005", "core", "core+fk"]
+    )
     args = parser.parse_args()
 
-    print(f"building the templates ({args.users} users; revision 0003 and head)...")
+    revisions = [d.removeprefix("core-") for d in args.designs if d.startswith("core-")]
+    print(f"building the templates ({args.users} users; revisions {revisions} and head)...")
     templates = {"head": build_template(args.users)}
-    if "core-0003" in args.designs:
-        templates["0003"] = build_template(args.users, "0003")
+    for revision in revisions:
+        templates[revision] = build_template(args.users, revision)
     runs: dict[tuple[str, int, str], list[Timing]] = {}
     cpu: dict[tuple[str, int, str], list[float]] = {}
     overhead: dict[str, list[float]] = {"pgbench": [], "core": []}

@@ -274,7 +274,7 @@ def test_an_operator_cannot_approve_its_own_request_even_with_raw_sql(
         login("op2").execute("SELECT * FROM walletctl_approve_request(%s)", (request_id,))
     # The internal writers stay out of reach.
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        requester.execute("SELECT walletctl_charge_issuance('x', 'GOLD', -5)")
+        requester.execute("SELECT walletctl_charge_issuance('x', 'GOLD', -5, now())")
     assert gold.execute("SELECT count(*) FROM transactions").fetchone() == (1,)
 
     receipt = policy.approve(login("appr1"), request_id, reason="checked the invoice")
@@ -367,3 +367,195 @@ def test_rejection_expiry_and_budgets_of_requests(
     with pytest.raises(InvalidInput, match="needs no approval"):
         policy.request_credit(op, "topup", "bob", 10, asset="GOLD", idempotency_key="small")
     assert_ledger_consistent(gold)
+
+
+# The controls in force when a posting lands, not when it started (found by trying to break
+# them: a posting that queued behind a lock, or held an old snapshot, landed after a freeze).
+
+
+def _wait_until_blocked(watcher: Conn, blocked: Conn) -> None:
+    pid = blocked.info.backend_pid
+    for _ in range(500):
+        row = watcher.execute("SELECT cardinality(pg_blocking_pids(%s))", (pid,)).fetchone()
+        if row is not None and row[0] > 0:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the posting never waited for the lock")
+
+
+def _change_policy(which: str, admin: Conn, people: dict[str, str]) -> None:
+    if which == "freeze":
+        policy.freeze(admin, "alice", "under investigation")
+    elif which == "threshold":
+        policy.set_approval(admin, "GOLD", 10)
+    else:
+        policy.set_budget(admin, people["op2"], "GOLD", 10)
+
+
+EXPECTED_REFUSAL = {"freeze": "WL015", "threshold": "WL017", "budget": "WL016"}
+LEDGER_TABLES = ("accounts", "balances", "transactions", "ledger_entries", "issuance_usage")
+
+
+def _ledger(conn: Conn) -> dict[str, Any]:
+    """The ledger's tables (not the policy records a test adds on purpose)."""
+    return {table: rows for table, rows in ledger_snapshot(conn).items() if table in LEDGER_TABLES}
+
+
+@pytest.mark.parametrize("which", ["freeze", "threshold", "budget"])
+@pytest.mark.parametrize("path", ["single", "batch"])
+def test_a_posting_queued_behind_a_lock_obeys_a_policy_committed_while_it_waited(
+    gold: Conn, login: Callable[[str], Conn], people: dict[str, str], which: str, path: str
+) -> None:
+    holder, waiter, admin = (
+        login("op1"),
+        login("op2" if path == "single" else "op1"),
+        login("admin"),
+    )
+    if which == "budget" and path == "batch":
+        policy.set_budget(admin, people["op1"], "GOLD", 1_000_000)  # an asset with budgets...
+        people = {**people, "op2": people["op1"]}  # ...and the new one binds the batch's role
+    before = _ledger(gold)
+    holder.execute("BEGIN")
+    holder.execute("SELECT * FROM walletctl_post('spend', 'alice', 'GOLD', 1, 'hold', NULL)")
+    outcome: list[Any] = []
+
+    def post() -> None:
+        try:
+            if path == "single":
+                waiter.execute(
+                    "SELECT * FROM walletctl_post('topup', 'alice', 'GOLD', 50, 'late', 'x')"
+                )
+                outcome.append("posted")
+            else:
+                rows = waiter.execute(
+                    "SELECT outcome, detail FROM walletctl_post_batch('topup', NULL, "
+                    "ARRAY[1::bigint], ARRAY['alice'], ARRAY['GOLD'], ARRAY[50::bigint], "
+                    "ARRAY['late'], ARRAY['x'])"
+                ).fetchall()
+                outcome.append(rows)
+        except psycopg.Error as exc:
+            outcome.append(exc.sqlstate)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    _wait_until_blocked(admin, waiter)
+    _change_policy(which, admin, people)
+    holder.execute("ROLLBACK")
+    thread.join(timeout=30)
+    if path == "batch" and which != "budget":
+        [(row_outcome, detail)] = outcome[0]
+        assert row_outcome == "invalid"
+        assert ("frozen" if which == "freeze" else "approval threshold") in detail
+    else:
+        assert outcome == [EXPECTED_REFUSAL[which]]
+    assert _ledger(gold) == before
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "SELECT * FROM walletctl_post('topup', 'alice', 'GOLD', 5, 'rr', NULL)",
+        "SELECT * FROM walletctl_post_batch('topup', NULL, ARRAY[1::bigint], ARRAY['alice'], "
+        "ARRAY['GOLD'], ARRAY[5::bigint], ARRAY['rr'], ARRAY['x'])",
+    ],
+)
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_a_posting_in_an_old_snapshot_is_refused(
+    gold: Conn, login: Callable[[str], Conn], call: str, isolation: str
+) -> None:
+    # In a REPEATABLE READ transaction begun before a freeze, the freeze is invisible: so
+    # the posting functions refuse to run there at all.
+    op = login("op1")
+    before = _ledger(gold)
+    op.execute(f"BEGIN ISOLATION LEVEL {isolation}")
+    op.execute("SELECT 1")
+    policy.freeze(login("admin"), "alice", "under investigation")
+    with sqlstate("WL023"):
+        op.execute(call)
+    op.execute("ROLLBACK")
+    assert _ledger(gold) == before
+
+
+def test_a_budget_is_charged_to_the_day_of_the_posting_not_of_its_transaction(
+    gold: Conn, login: Callable[[str], Conn], people: dict[str, str]
+) -> None:
+    policy.set_budget(login("admin"), people["op1"], "GOLD", 100)
+    receipt = posting.topup(login("op1"), "bob", 60, asset="GOLD", idempotency_key="d1")
+    day = gold.execute("SELECT (%s::timestamptz AT TIME ZONE 'UTC')::date", (receipt.created_at,))
+    assert gold.execute("SELECT day, used FROM issuance_usage").fetchall() == [
+        (day.fetchone()[0], 60)  # type: ignore[index]
+    ]
+    # A transaction that began yesterday and posts today is charged today: the day comes
+    # from the posting's time, handed to the charge (here a day ahead, as a superuser).
+    with gold.transaction():
+        gold.execute(
+            "SELECT walletctl_charge_issuance(%s, 'GOLD', 100, now() + interval '1 day')",
+            (people["op1"],),
+        )
+        rows = gold.execute(
+            "SELECT day - (now() AT TIME ZONE 'UTC')::date, used FROM issuance_usage ORDER BY day"
+        ).fetchall()
+        assert rows == [(0, 60), (1, 100)]
+        raise psycopg.Rollback()
+
+
+def test_a_requests_key_posts_only_through_its_approval(
+    gold: Conn, login: Callable[[str], Conn]
+) -> None:
+    policy.set_approval(login("admin"), "GOLD", 1000)
+    op, saboteur = login("op1"), login("op2")
+    filed = policy.request_credit(op, "topup", "bob", 5000, asset="GOLD", idempotency_key="req")
+    before = ledger_snapshot(gold)
+    # Another posting with the request's key (a small one, below the threshold) would make
+    # the approval conflict: refused, singly and in a batch.
+    with sqlstate("WL005"):
+        saboteur.execute("SELECT * FROM walletctl_post('topup', 'mallory', 'GOLD', 5, 'req', NULL)")
+    [(outcome, transaction_id)] = op.execute(
+        "SELECT outcome, transaction_id FROM walletctl_post_batch('topup', NULL, "
+        "ARRAY[1::bigint], ARRAY['mallory'], ARRAY['GOLD'], ARRAY[5::bigint], ARRAY['req'], "
+        "ARRAY['x'])"
+    ).fetchall()
+    assert (outcome, transaction_id) == ("conflict", None)
+    # The same request sent again still needs the approval; filing it again replays it.
+    with pytest.raises(ApprovalRequired):
+        posting.topup(op, "bob", 5000, asset="GOLD", idempotency_key="req")
+    assert policy.request_credit(
+        op, "topup", "bob", 5000, asset="GOLD", idempotency_key="req"
+    ).replayed
+    assert ledger_snapshot(gold) == before
+    receipt = policy.approve(login("appr1"), filed.request_id)
+    assert (receipt.user_id, receipt.amount, receipt.replayed) == ("bob", 5000, False)
+
+
+def test_an_approval_sent_after_the_expiry_is_late_whenever_its_transaction_began(
+    gold: Conn, login: Callable[[str], Conn], people: dict[str, str]
+) -> None:
+    policy.set_approval(login("admin"), "GOLD", 1000)
+    [(request_id,)] = gold.execute(
+        "INSERT INTO credit_requests (kind, user_id, asset, amount, idempotency_key, "
+        "requested_by, expires_at) VALUES ('topup', 'alice', 'GOLD', 5000, 'soon', %s, "
+        "clock_timestamp() + interval '300 milliseconds') RETURNING id",
+        (people["op1"],),
+    ).fetchall()
+    approver = login("appr1")
+    approver.execute("BEGIN")
+    approver.execute("SELECT 1")  # now() is fixed from here on
+    approver.execute("SELECT pg_sleep(0.5)")
+    with sqlstate("WL022"):
+        approver.execute("SELECT * FROM walletctl_approve_request(%s)", (request_id,))
+    approver.execute("ROLLBACK")
+
+
+def test_a_batch_with_arrays_of_different_lengths_is_refused_and_creates_nobody(
+    gold: Conn, login: Callable[[str], Conn]
+) -> None:
+    before = ledger_snapshot(gold)
+    accounts = gold.execute("SELECT count(*) FROM accounts").fetchone()
+    with sqlstate("22023"):
+        login("op1").execute(
+            "SELECT * FROM walletctl_post_batch('topup', NULL, ARRAY[1::bigint], "
+            "ARRAY['new1', 'new2'], ARRAY['GOLD', 'GOLD'], ARRAY[5::bigint, 6::bigint], "
+            "ARRAY['a1', 'a2'], ARRAY['x', 'x'])"
+        )
+    assert ledger_snapshot(gold) == before
+    assert gold.execute("SELECT count(*) FROM accounts").fetchone() == accounts

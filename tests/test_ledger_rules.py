@@ -129,6 +129,11 @@ def test_a_balance_row_out_of_nothing_is_refused(su: Conn) -> None:
         ("reason", "line\rbreak"),
         ("reason", "c1\u0085control"),
         ("reason", "r" * 1001),
+        ("key", "a\u200bb"),  # zero-width space
+        ("key", "Treasury\u200b"),
+        ("key", "h1\u00a0"),  # trailing no-break space
+        ("actor", "x\u202ey"),  # right-to-left override
+        ("key", "e\u0301"),  # not in normal form C (é as e plus a combining accent)
     ],
 )
 def test_text_rules_hold_in_the_database(su: Conn, column: str, value: str) -> None:
@@ -141,6 +146,13 @@ def test_a_bonus_needs_a_reason_in_the_database(su: Conn) -> None:
 
 def test_no_user_may_be_called_treasury(su: Conn) -> None:
     _refused(su, [("INSERT INTO accounts (external_id) VALUES ('treasury')", ())], "23514")
+    # Nor anything that would look like it, or like another user.
+    for lookalike in ("Treasury\u200b", "\u2060Treasury", "ali\u00adce", "alice\u3000"):
+        _refused(su, [("INSERT INTO accounts (external_id) VALUES (%s)", (lookalike,))], "23514")
+        with pytest.raises(InvalidInput, match="invisible"):
+            validation.user_id(lookalike)
+    with pytest.raises(InvalidInput, match="normal form C"):
+        validation.user_id("Zoe\u0308")
     with pytest.raises(InvalidInput, match="Treasury"):
         validation.user_id("TREASURY")
 
@@ -151,6 +163,28 @@ def test_no_user_may_be_called_treasury(su: Conn) -> None:
 @given(text=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=210))
 def test_the_core_and_the_database_apply_the_same_text_rules(su: Conn, text: str) -> None:
     # One rule, two checkers: validation.py in Python, the CHECK constraints in SQL.
+    try:
+        validation.identifier(text, "key")
+        python_accepts = True
+    except InvalidInput:
+        python_accepts = False
+    row = su.execute(f"SELECT {identifier_check('%(t)s')}", {"t": text}).fetchone()
+    assert row is not None and row[0] == python_accepts
+
+
+TRICKY = [*"aeZ ", "\u0301", "\u0308", "\u00e9", "\u00a0", "\u200b", "\u2060", "\ufeff"]
+TRICKY += ["\u3000", "\u202e", "\U000e0041", "\u1160", "\u1100", "\u0041\u030a", "\u212b"]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.lists(st.sampled_from(TRICKY), min_size=1, max_size=8).map("".join))
+def test_the_core_and_the_database_agree_on_invisible_and_unnormalised_text(
+    su: Conn, text: str
+) -> None:
+    # The same property, on the characters the rules for look-alikes are about: invisible
+    # ones, combining marks, and precomposed letters with their decomposed twins.
     try:
         validation.identifier(text, "key")
         python_accepts = True

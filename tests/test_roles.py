@@ -70,7 +70,8 @@ ATTACKS = [
     ("SET ROLE owner", "SET ROLE walletctl_owner"),
     (
         "internal booking, sign flipped",
-        "SELECT walletctl_post_one('spend', 'alice', 'GOLD', 5, 5, 'flip', NULL, NULL, NULL)",
+        "SELECT walletctl_post_one('spend', 'alice', 'GOLD', 5, 5, 'flip', NULL, NULL, NULL, "
+        "'reversal')",
     ),
     (
         "internal book",
@@ -80,8 +81,10 @@ ATTACKS = [
     ),
     ("internal user creation", "SELECT walletctl_create_users(ARRAY['ghost'])"),
     ("internal replay receipt", "SELECT walletctl_replay_receipt(1)"),
-    ("internal budget charge", "SELECT walletctl_charge_issuance('x', 'GOLD', -5)"),
+    ("internal budget charge", "SELECT walletctl_charge_issuance('x', 'GOLD', -5, now())"),
     ("internal freeze", "SELECT walletctl_set_frozen('alice', false, 'x')"),
+    ("internal policy", "SELECT walletctl_policy_refusal('alice', 'GOLD', 5, true)"),
+    ("internal isolation check", "SELECT walletctl_require_read_committed()"),
 ]
 # What each kind may call of the SQL API (README: Deploying with least privilege).
 API_CALLS = {
@@ -231,6 +234,7 @@ def test_each_roles_commands_work_through_the_cli(
     refused = batch("topup", "carol", "5")
     assert refused.exit_code == 10, refused.output
     assert "walletctl_operator or walletctl_service" in refused.output
+    assert f"logged in as {login_roles['batch']}" in refused.output
 
     finance = Cli(with_user(clean_db, login_roles["finance"]))
     for command in (
@@ -332,3 +336,74 @@ def test_a_member_of_walletctl_owner_migrates_a_database_the_owner_owns(
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         drop_login_role(server_url, migrator)
         drop_login_role(server_url, stranger)
+
+
+def test_db_status_names_an_added_overload_and_a_changed_setting(ledger: Conn) -> None:
+    # A second walletctl_charge_issuance (an overload a call could resolve to), and a
+    # SECURITY DEFINER function whose search_path was changed, are drift too.
+    ledger.execute(
+        "CREATE FUNCTION walletctl_charge_issuance(p_role name, p_asset text, p_amount bigint, "
+        "p_at timestamptz) RETURNS void LANGUAGE sql AS $$ SELECT $$"
+    )
+    ledger.execute("ALTER FUNCTION walletctl_balances(text) SET search_path = pg_temp, public")
+    try:
+        assert roles.function_drift(ledger) == ["walletctl_balances", "walletctl_charge_issuance"]
+    finally:
+        ledger.execute("DROP FUNCTION walletctl_charge_issuance(name, text, bigint, timestamptz)")
+        ledger.execute("ALTER FUNCTION walletctl_balances(text) SET search_path = public, pg_temp")
+    assert roles.function_drift(ledger) == []
+
+
+def test_a_login_owning_the_database_cannot_plant_objects_the_functions_would_run(
+    server_url: str,
+) -> None:
+    # On PostgreSQL 15 the database's owner may create in `public` (it belongs to
+    # pg_database_owner): an overload of an internal function, or a table standing in for
+    # the batch's temporary one, would then run as walletctl_owner. walletctl_owner owns
+    # the schema instead, and `db status` names the login owning the database.
+    suffix = uuid.uuid4().hex[:6]
+    owner, name = f"walletctl_test_dbo_{suffix}", f"walletctl_dbo_{suffix}"
+    create_login_role(server_url, owner, "operator")
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{owner}"')
+    url = _with_database(server_url, name)
+    try:
+        assert Cli(url)("db", "upgrade").exit_code == 0
+        with psycopg.connect(with_user(url, owner), autocommit=True) as dbo:
+            for attack in (
+                "CREATE FUNCTION public.walletctl_charge_issuance(p_role name, p_asset text, "
+                "p_amount bigint, p_at timestamptz) RETURNS void LANGUAGE sql AS $$ SELECT $$",
+                "CREATE TABLE public.walletctl_batch (line bigint)",
+                "ALTER SCHEMA public OWNER TO CURRENT_USER",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    dbo.execute(attack)
+        status = Cli(url)("db", "status", "--json")
+        assert status.exit_code == 0, status.output
+        assert f"{owner} owns this database" in status.stdout
+        assert f"warning: {owner} owns this database" in status.stderr
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_login_role(server_url, owner)
+
+
+def test_db_roles_warns_of_a_role_with_createrole(
+    server_url: str, clean_db: str, login_roles: dict[str, str]
+) -> None:
+    # Up to PostgreSQL 15 a CREATEROLE role may grant itself walletctl_owner (16 asks for
+    # ADMIN OPTION on the role granted).
+    with psycopg.connect(server_url) as admin:
+        if admin.info.server_version >= 160000:
+            pytest.skip("PostgreSQL 16 and later: CREATEROLE no longer grants any role")
+    name = f"walletctl_test_createrole_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{name}" LOGIN CREATEROLE')
+    try:
+        with psycopg.connect(clean_db, autocommit=True) as conn:
+            assert (
+                f"{name} has CREATEROLE: it may grant itself any walletctl role, "
+                "walletctl_owner included" in roles.deployment_risks(conn)
+            )
+    finally:
+        drop_login_role(server_url, name)

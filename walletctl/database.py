@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from walletctl import embedded
 from walletctl.config import DatabaseTarget, mask_url
-from walletctl.errors import DatabaseUnavailable, InvalidInput, SchemaOutOfDate
+from walletctl.errors import DatabaseUnavailable, InvalidInput, NotPermitted, SchemaOutOfDate
 
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 """The newest migration this walletctl knows; a test checks it equals alembic's head.
 
 Kept as a constant so that a command does not import alembic (about half a second) just to
@@ -146,6 +146,10 @@ def connect(
     try:
         require_current_schema(conn)
         yield conn
+    except NotPermitted as refused:
+        if refused.login is not None:
+            raise
+        raise refused.for_login(conn.info.user) from None
     finally:
         conn.close()
 

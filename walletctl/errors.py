@@ -68,7 +68,17 @@ class AlreadyExists(WalletError):
 
 class NotPermitted(WalletError):
     """The role logged in lacks the privilege: it is not a member of the walletctl role that
-    may do this (walletctl db grant)."""
+    may do this (walletctl db grant). ``login`` names the role when it is known (the error
+    comes from a query, which does not say who ran it: the connection does)."""
+
+    def __init__(self, message: str, *, login: str | None = None) -> None:
+        self.reason = message
+        self.login = login
+        super().__init__(message if login is None else f"{message} (logged in as {login})")
+
+    def for_login(self, login: str) -> NotPermitted:
+        """The same refusal, naming the role that was refused."""
+        return NotPermitted(self.reason, login=login)
 
 
 class Busy(WalletError):

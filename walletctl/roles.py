@@ -107,30 +107,91 @@ def _check_login_role(conn: Connection, login_role: str) -> None:
 
 
 _FUNCTION = re.compile(
-    r"CREATE FUNCTION (\w+)\(.*?\bAS (\$\w*\$)(.*?)\2", re.DOTALL | re.IGNORECASE
+    r"CREATE FUNCTION (\w+)\((.*?)\bAS (\$\w*\$)(.*?)\3", re.DOTALL | re.IGNORECASE
 )
+_PINNED_SEARCH_PATH = "search_path=public, pg_temp"
 
 
-def expected_functions() -> dict[str, str]:
-    """Each function of the current SQL with its body, as pg_proc.prosrc stores it."""
+@dataclass(frozen=True, slots=True)
+class ExpectedFunction:
+    body: str
+    security_definer: bool
+
+
+def expected_function_definitions() -> dict[str, ExpectedFunction]:
+    """Each function of the current SQL: its body as pg_proc.prosrc stores it, and whether
+    it is SECURITY DEFINER (then with search_path pinned to public, pg_temp)."""
     return {
-        match.group(1): match.group(3)
+        match.group(1): ExpectedFunction(
+            body=match.group(4), security_definer="SECURITY DEFINER" in match.group(2).upper()
+        )
         for name in SQL_FILES
         for match in _FUNCTION.finditer(read_sql(name))
     }
 
 
+def expected_functions() -> dict[str, str]:
+    """Each function of the current SQL with its body, as pg_proc.prosrc stores it."""
+    return {name: found.body for name, found in expected_function_definitions().items()}
+
+
 def function_drift(conn: Connection) -> list[str]:
-    """Functions of this walletctl whose body in the database differs (or is missing), and
-    walletctl functions in the database that this walletctl does not define."""
-    expected = expected_functions()
+    """walletctl's functions that are not as this walletctl defines them: a body that differs
+    or is missing, a function this walletctl does not define, a second function of the same
+    name (an overload, which a call could resolve to instead), another owner, SECURITY
+    DEFINER switched on or off, or settings other than the pinned search_path (ALTER
+    FUNCTION ... SET)."""
+    expected = expected_function_definitions()
     with translated():
-        found = dict(
-            conn.execute(
-                "SELECT proname::text, prosrc FROM pg_proc "
-                "WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'walletctl\\_%'"
-            ).fetchall()
-        )
-    differing = [name for name, body in expected.items() if found.get(name) != body]
-    unknown = [name for name in found if name not in expected]
-    return sorted(differing + unknown)
+        found = conn.execute(
+            "SELECT proname::text, prosrc, prosecdef, coalesce(proconfig, '{}'), "
+            "pg_get_userbyid(proowner) FROM pg_proc "
+            "WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'walletctl\\_%'"
+        ).fetchall()
+    seen: dict[str, int] = {}
+    differing: set[str] = set()
+    for name, body, security_definer, settings, owner in found:
+        seen[name] = seen.get(name, 0) + 1
+        wanted = expected.get(name)
+        if (
+            wanted is None
+            or body != wanted.body
+            or security_definer != wanted.security_definer
+            or list(settings) != ([_PINNED_SEARCH_PATH] if wanted.security_definer else [])
+            or owner != OWNER
+        ):
+            differing.add(name)
+    differing.update(name for name, count in seen.items() if count > 1)
+    differing.update(name for name in expected if name not in seen)
+    return sorted(differing)
+
+
+def deployment_risks(conn: Connection) -> list[str]:
+    """What, in this database's deployment, lets someone other than a superuser get around
+    the roles: a login role owning the database (on PostgreSQL 15 it may then create in
+    `public` unless walletctl_owner owns that schema, and it may always drop the database),
+    a role other than walletctl_owner that may create in `public`, and roles with
+    CREATEROLE, which up to PostgreSQL 15 may grant themselves any walletctl role,
+    walletctl_owner included. Superusers are not listed: they can do anything anyway."""
+    with translated():
+        rows = conn.execute(
+            """
+            SELECT format('%s owns this database', pg_get_userbyid(d.datdba))
+            FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba
+            WHERE d.datname = current_database() AND NOT r.rolsuper
+              AND r.rolname <> 'walletctl_owner'
+            UNION ALL
+            SELECT format('%s may create objects in schema public', r.rolname)
+            FROM pg_roles r
+            WHERE NOT r.rolsuper AND r.rolname NOT IN ('walletctl_owner', 'pg_database_owner')
+              AND has_schema_privilege(r.oid, 'public', 'CREATE')
+            UNION ALL
+            SELECT format('%s has CREATEROLE: it may grant itself any walletctl role, '
+                          'walletctl_owner included', r.rolname)
+            FROM pg_roles r
+            WHERE r.rolcreaterole AND NOT r.rolsuper
+              AND current_setting('server_version_num')::int < 160000
+            ORDER BY 1
+            """
+        ).fetchall()
+    return [str(row[0]) for row in rows]

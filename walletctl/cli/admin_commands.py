@@ -181,7 +181,7 @@ def db_upgrade(ctx: typer.Context, out: Output) -> None:
 def db_status(ctx: typer.Context, out: Output) -> None:
     from walletctl import database, embedded
     from walletctl.config import mask_url
-    from walletctl.roles import function_drift
+    from walletctl.roles import deployment_risks, function_drift
 
     target = state(ctx).target()
     status: dict[str, Any] = {
@@ -213,10 +213,14 @@ def db_status(ctx: typer.Context, out: Output) -> None:
         status["server_version"] = conn.info.parameter_status("server_version")
         revision = database.schema_state(conn).revision
         drift = function_drift(conn) if revision == database.SCHEMA_HEAD else []
+        risks = deployment_risks(conn) if revision is not None else []
     status["schema_revision"] = revision
     status["schema_current"] = revision == database.SCHEMA_HEAD
     status["functions_differing"] = drift
+    status["deployment_risks"] = risks
     out.record(Record(status, title="walletctl database"))
+    for risk in risks:
+        out.env.message(f"warning: {risk} (README: Deploying with least privilege)")
     if drift:
         out.env.message(
             f"{len(drift)} function(s) differ from this walletctl's SQL at the same revision "
@@ -247,7 +251,10 @@ def db_roles(ctx: typer.Context, out: Output) -> None:
     with state(ctx).connection(admin=True) as conn:
         roles.ensure_roles(conn)
         members = roles.memberships(conn)
+        risks = roles.deployment_risks(conn)
     out.env.message(f"roles and privileges are up to date ({', '.join(roles.GROUP_ROLES)})")
+    for risk in risks:
+        out.env.message(f"warning: {risk} (README: Deploying with least privilege)")
     out.listing(
         Listing(
             [views.membership(member) for member in members],

@@ -58,6 +58,7 @@ OWN_REQUEST = "WL019"
 ALREADY_DECIDED = "WL020"
 NOT_A_REQUEST = "WL021"
 REQUEST_EXPIRED = "WL022"
+NOT_READ_COMMITTED = "WL023"
 
 # Nothing was written, and the same request may simply be sent again.
 _BUSY_SQLSTATES = {
@@ -132,6 +133,8 @@ def translate(exc: psycopg.Error) -> Exception:
         return InvalidInput(message)
     if code == REQUEST_EXPIRED:
         return RequestExpired(message)
+    if code == NOT_READ_COMMITTED:
+        return InvalidInput(f"refused by the database: {message}")
     if code == KEY_CLAIMED_CONCURRENTLY:
         return KeyClaimedConcurrently(message)
     if code in (INVALID_AMOUNT,) or isinstance(exc, pg.NumericValueOutOfRange):
@@ -159,7 +162,7 @@ def translate(exc: psycopg.Error) -> Exception:
             "the same idempotency key is safe"
         )
     if isinstance(exc, pg.InsufficientPrivilege):
-        return NotPermitted(_not_permitted(exc, message))
+        return _not_permitted(exc, message)
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnavailable(
             f"lost the database connection: {message} "
@@ -168,15 +171,18 @@ def translate(exc: psycopg.Error) -> Exception:
     return exc
 
 
-def _not_permitted(exc: psycopg.Error, message: str) -> str:
-    login = exc.pgconn.user.decode() if exc.pgconn is not None and exc.pgconn.user else "?"
+def _not_permitted(exc: psycopg.Error, message: str) -> NotPermitted:
+    # A query's error does not carry its connection (psycopg sets pgconn only on connect),
+    # so the role is named here only when known; walletctl.database.connect names it
+    # otherwise.
+    login = exc.pgconn.user.decode() if exc.pgconn is not None and exc.pgconn.user else None
     needed = next(
         (roles for name, roles in _WHO_MAY.items() if message.endswith(f"function {name}")),
         _READERS if "for table" in message or "for function" in message else None,
     )
     hint = f"; it needs membership in {needed}" if needed else ""
-    return (
-        f"not permitted: {message} (logged in as {login}{hint}: walletctl db grant ROLE --as KIND)"
+    return NotPermitted(
+        f"not permitted: {message}{hint} (walletctl db grant ROLE --as KIND)", login=login
     )
 
 

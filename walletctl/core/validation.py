@@ -7,12 +7,14 @@ clear message naming the field, and keeps a bad request from reaching the server
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime
 
 from walletctl.errors import InvalidAmount, InvalidInput
 from walletctl.textrules import (
     CONTROL_CHARACTERS,
     EDGE_SPACE,
+    INVISIBLE_CHARACTERS,
     MAX_ID_LENGTH,
     MAX_REASON_LENGTH,
     TREASURY_LABEL,
@@ -22,6 +24,7 @@ MAX_AMOUNT = 2**63 - 1
 # NUL is a control character here too; PostgreSQL cannot store it at all.
 _CONTROL = re.compile(CONTROL_CHARACTERS.replace("[", "[\\x00", 1))
 _EDGE_SPACE = re.compile(EDGE_SPACE)
+_INVISIBLE = re.compile(INVISIBLE_CHARACTERS)
 # Also a valid commodity for beancount and hledger: up to 24 characters, ending in a letter
 # or digit.
 _ASSET_CODE = re.compile(r"[A-Z]([A-Z0-9_]{0,22}[A-Z0-9])?")
@@ -65,7 +68,8 @@ def parse_amount(text: str) -> int:
 
 
 def identifier(value: object, what: str) -> str:
-    """A user id, idempotency key or actor: 1-200 characters, no control characters."""
+    """A user id, idempotency key or actor: 1-200 characters, no control or invisible
+    characters, no space at either end, in Unicode normal form C (walletctl/textrules.py)."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be text, got {value!r}")
     if not value:
@@ -76,6 +80,17 @@ def identifier(value: object, what: str) -> str:
         raise InvalidInput(f"{what} is {len(value)} characters long, at most {MAX_ID_LENGTH}")
     if _CONTROL.search(value):
         raise InvalidInput(f"{what} contains control characters: {_show(value)}")
+    invisible = _INVISIBLE.search(value)
+    if invisible:
+        raise InvalidInput(
+            f"{what} contains an invisible or look-alike space character "
+            f"(U+{ord(invisible.group()):04X}): {_show(value)}"
+        )
+    if not unicodedata.is_normalized("NFC", value):
+        raise InvalidInput(
+            f"{what} is not in Unicode normal form C (write it as "
+            f"{unicodedata.normalize('NFC', value)!r}): {_show(value)}"
+        )
     return value
 
 

@@ -57,19 +57,52 @@ LANGUAGE sql STABLE AS $$
         false)
 $$;
 
+-- Is a posting refused by the operator controls in force now (controls.sql)? 'frozen' for a
+-- frozen user; 'approval_required' for a credit above its asset's approval threshold when
+-- p_credit_needs_approval (an approved request does not need it again); else NULL. The
+-- one definition for single postings, approvals and batches.
+CREATE FUNCTION walletctl_policy_refusal(
+    p_user_id text, p_asset text, p_amount bigint, p_credit_needs_approval boolean
+) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN walletctl_user_frozen(p_user_id) THEN 'frozen'
+        WHEN p_credit_needs_approval
+             AND p_amount > (SELECT p.approve_above FROM asset_policies p
+                             WHERE p.asset = p_asset ORDER BY p.id DESC LIMIT 1)
+            THEN 'approval_required'
+    END
+$$;
+
+-- The operator controls are read after the posting's balance lock, in a statement of their
+-- own: at READ COMMITTED that statement sees every freeze, threshold and budget committed
+-- before the lock was granted, so a posting that queued behind a lock (or was slow) cannot
+-- land after a freeze it never saw. A REPEATABLE READ or SERIALIZABLE transaction would read
+-- them in its old snapshot, so the functions that apply policy refuse to run in one (WL023).
+CREATE FUNCTION walletctl_require_read_committed() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'walletctl''s posting functions run at READ COMMITTED, not %: a posting must see the operator controls committed before its lock',
+            current_setting('transaction_isolation') USING ERRCODE = 'WL023';
+    END IF;
+END
+$$;
+
 -- Charge an issuance of p_amount of p_asset to every budget that binds p_role: its own, and
 -- those of the group roles it is a member of (a group's budget is shared by its members).
--- Each budget's usage row for today (UTC) is moved by one INSERT ... ON CONFLICT DO UPDATE,
+-- Each budget's usage row for the UTC day of p_at, the posting's own time (taken under its
+-- balance lock, never the start of its transaction: a transaction held open across
+-- midnight must not spend yesterday's budget), is moved by one INSERT ... ON CONFLICT DO UPDATE,
 -- which holds that row's lock until the posting commits: a concurrent posting charged to
 -- the same budget waits, then adds to the committed total, so together they can never
 -- exceed it. Over the budget, the whole posting is undone (WL016), its charge with it.
 -- A superuser is bound only by a budget on itself (it could switch any rule off anyway).
 -- Internal: called by the posting functions after the balance locks, budgets in ascending
 -- role order.
-CREATE FUNCTION walletctl_charge_issuance(p_role text, p_asset text, p_amount bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION walletctl_charge_issuance(
+    p_role text, p_asset text, p_amount bigint, p_at timestamptz
+) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    v_day date := (now() AT TIME ZONE 'UTC')::date;
+    v_day date := (p_at AT TIME ZONE 'UTC')::date;
     v_budget record;
     v_used bigint;
 BEGIN
@@ -263,22 +296,20 @@ BEGIN
         RAISE EXCEPTION 'request % was already % by %', p_request_id, v_decision.decision,
             v_decision.decided_by USING ERRCODE = 'WL020';
     END IF;
-    IF v_request.expires_at <= now() THEN
+    -- The clock, not the start of this transaction: an approval opened before the expiry
+    -- and sent after it is late.
+    IF v_request.expires_at <= clock_timestamp() THEN
         RAISE EXCEPTION 'request % expired at %; file it again', p_request_id, v_request.expires_at
             USING ERRCODE = 'WL022';
     END IF;
-    IF walletctl_user_frozen(v_request.user_id) THEN
-        RAISE EXCEPTION '%', walletctl_refusal('frozen', v_request.user_id, v_request.asset,
-                                               v_request.amount, NULL, NULL, NULL)
-            USING ERRCODE = 'WL015';
-    END IF;
-    v_receipt := walletctl_post_one(
+    -- A frozen user is refused after the balance lock (walletctl_post_one, 'approval').
+    v_receipt := public.walletctl_post_one(
         v_request.kind, v_request.user_id, v_request.asset, v_request.amount, v_request.amount,
         v_request.idempotency_key, v_request.reason,
-        coalesce(v_request.on_behalf_of, v_request.requested_by), NULL);
+        coalesce(v_request.on_behalf_of, v_request.requested_by), NULL, 'approval');
     IF NOT v_receipt.replayed THEN
-        PERFORM walletctl_charge_issuance(v_request.requested_by, v_request.asset,
-                                          v_request.amount);
+        PERFORM public.walletctl_charge_issuance(v_request.requested_by, v_request.asset,
+                                                 v_request.amount, v_receipt.created_at);
     END IF;
     INSERT INTO credit_request_decisions (request_id, decision, transaction_id, decided_by, reason)
     VALUES (p_request_id, 'approved', v_receipt.transaction_id, session_user, p_reason);
@@ -295,7 +326,7 @@ SET search_path = public, pg_temp AS $$
     INSERT INTO credit_request_decisions AS d (request_id, decision, decided_by, reason)
     SELECT r.id, 'expired', session_user, 'not approved before ' || r.expires_at::text
     FROM credit_requests r
-    WHERE r.expires_at <= now()
+    WHERE r.expires_at <= clock_timestamp()
       AND NOT EXISTS (SELECT FROM credit_request_decisions x WHERE x.request_id = r.id)
     ORDER BY r.id
     ON CONFLICT (request_id) DO NOTHING

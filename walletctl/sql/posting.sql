@@ -62,6 +62,8 @@ CREATE FUNCTION walletctl_refusal(
             || ' was already used by transaction ' || p_prior_id || ' for a different request'
         WHEN 'insufficient' THEN 'insufficient funds: ' || p_user_id || ' holds '
             || p_balance || ' ' || p_asset || ', ' || p_amount || ' needed'
+        WHEN 'request_key' THEN 'idempotency key ' || p_idempotency_key || ' is held by request '
+            || p_prior_id || ' (awaiting approval); post with another key'
         WHEN 'frozen' THEN 'user ' || p_user_id
             || ' is frozen: no spends or credits until unfrozen (a reversal still posts)'
         WHEN 'approval_required' THEN p_amount || ' ' || p_asset
@@ -152,33 +154,47 @@ LANGUAGE sql STABLE AS $$
     WHERE t.id = p_transaction_id
 $$;
 
--- One posting: look it up, move the balance (the only lock), book it; or raise the error
--- that says why not. Internal: reached only through walletctl_post and walletctl_reverse.
+-- One posting: look it up, move the balance (the only lock), apply the operator controls,
+-- book it; or raise the error that says why not. p_policy says which controls apply:
+-- 'posting' (walletctl_post: a frozen user, the approval threshold), 'approval' (an approved
+-- request: a frozen user) or 'reversal' (none: a reversal undoes a posting). A key filed by
+-- a request for approval posts only through that request's approval.
+-- Internal: reached only through walletctl_post, walletctl_reverse and
+-- walletctl_approve_request.
 CREATE FUNCTION walletctl_post_one(
     p_kind text, p_user_id text, p_asset text, p_amount bigint, p_delta bigint,
-    p_idempotency_key text, p_reason text, p_on_behalf_of text, p_reverses bigint
+    p_idempotency_key text, p_reason text, p_on_behalf_of text, p_reverses bigint,
+    p_policy text
 ) RETURNS walletctl_receipt LANGUAGE plpgsql AS $$
 DECLARE
     v_asset_id smallint;
     v_account_id bigint;
     v_prior transactions%ROWTYPE;
+    v_request credit_requests%ROWTYPE;
     v_balance bigint;
     v_last timestamptz;
     v_at timestamptz;
     v_transaction_id bigint;
     v_reversal_id bigint;
+    v_refusal text;
 BEGIN
     -- Invariant 4 (amount > 0 within bigint) is also a CHECK; this gives it a clear error.
     IF p_amount IS NULL OR p_amount <= 0 THEN
         RAISE EXCEPTION '%, got %', walletctl_refusal('invalid_amount', NULL, NULL, NULL, NULL, NULL, NULL),
             p_amount USING ERRCODE = 'WL009';
     END IF;
+    IF p_policy <> 'reversal' THEN
+        PERFORM walletctl_require_read_committed();
+    END IF;
 
-    -- What the request names, and whether its key was used before: one statement.
+    -- What the request names, whether its key was used before, and whether a request for
+    -- approval holds it: one statement.
     SELECT (SELECT s.id FROM asset_types s WHERE s.code = p_asset),
            (SELECT a.id FROM accounts a WHERE a.external_id = p_user_id),
-           (SELECT t.id FROM transactions t WHERE t.idempotency_key = p_idempotency_key)
-    INTO v_asset_id, v_account_id, v_prior.id;
+           (SELECT t.id FROM transactions t WHERE t.idempotency_key = p_idempotency_key),
+           (SELECT r.id FROM credit_requests r
+            WHERE r.idempotency_key = p_idempotency_key AND p_policy <> 'approval')
+    INTO v_asset_id, v_account_id, v_prior.id, v_request.id;
 
     -- A key seen before: the same request is a replay, anything else a conflict. Nothing
     -- is locked or written on either path.
@@ -190,6 +206,23 @@ BEGIN
         RAISE EXCEPTION '%', walletctl_refusal('conflict', p_user_id, p_asset, p_amount,
                                                p_idempotency_key, v_prior.id, NULL)
             USING ERRCODE = 'WL005', DETAIL = v_prior.id::text;
+    END IF;
+    -- A key filed by a request for approval belongs to that request: the same request sent
+    -- again still needs its approval (WL017: filing it again replays the request); any
+    -- other posting with the key would make the approval conflict, so it is refused.
+    IF v_request.id IS NOT NULL THEN
+        SELECT * INTO v_request FROM credit_requests r WHERE r.id = v_request.id;
+        IF (v_request.kind, v_request.user_id, v_request.asset, v_request.amount)
+           = (p_kind, p_user_id, p_asset, p_amount) THEN
+            RAISE EXCEPTION '%', walletctl_refusal('approval_required', p_user_id, p_asset,
+                                                   p_amount, p_idempotency_key, NULL, NULL)
+                USING ERRCODE = 'WL017',
+                      DETAIL = (SELECT p.approve_above FROM asset_policies p
+                                WHERE p.asset = p_asset ORDER BY p.id DESC LIMIT 1)::text;
+        END IF;
+        RAISE EXCEPTION '%', walletctl_refusal('request_key', p_user_id, p_asset, p_amount,
+                                               p_idempotency_key, v_request.id, NULL)
+            USING ERRCODE = 'WL005';
     END IF;
     IF v_asset_id IS NULL THEN
         RAISE EXCEPTION '%', walletctl_refusal('asset_not_found', p_user_id, p_asset, p_amount,
@@ -233,11 +266,34 @@ BEGIN
                         USING ERRCODE = 'WL006', DETAIL = v_reversal_id::text;
                 END IF;
             END IF;
+            -- A frozen user is refused as frozen, whatever it holds (as in a batch).
+            IF p_policy <> 'reversal' AND walletctl_user_frozen(p_user_id) THEN
+                RAISE EXCEPTION '%', walletctl_refusal('frozen', p_user_id, p_asset, p_amount,
+                                                       p_idempotency_key, NULL, NULL)
+                    USING ERRCODE = 'WL015';
+            END IF;
             SELECT b.balance INTO v_balance FROM balances b
             WHERE b.account_id = v_account_id AND b.asset_id = v_asset_id;
             RAISE EXCEPTION '%', walletctl_refusal('insufficient', p_user_id, p_asset, -p_delta,
                                                    p_idempotency_key, NULL, coalesce(v_balance, 0))
                 USING ERRCODE = 'WL001', DETAIL = coalesce(v_balance, 0)::text;
+        END IF;
+    END IF;
+
+    -- The operator controls, read after the lock (see walletctl_require_read_committed).
+    IF p_policy <> 'reversal' THEN
+        v_refusal := walletctl_policy_refusal(p_user_id, p_asset, p_amount,
+                                              p_policy = 'posting' AND p_delta > 0);
+        IF v_refusal = 'frozen' THEN
+            RAISE EXCEPTION '%', walletctl_refusal('frozen', p_user_id, p_asset, p_amount,
+                                                   p_idempotency_key, NULL, NULL)
+                USING ERRCODE = 'WL015';
+        ELSIF v_refusal = 'approval_required' THEN
+            RAISE EXCEPTION '%', walletctl_refusal('approval_required', p_user_id, p_asset,
+                                                   p_amount, p_idempotency_key, NULL, NULL)
+                USING ERRCODE = 'WL017',
+                      DETAIL = (SELECT p.approve_above FROM asset_policies p WHERE p.asset = p_asset
+                                ORDER BY p.id DESC LIMIT 1)::text;
         END IF;
     END IF;
 
@@ -257,52 +313,32 @@ $$;
 
 -- A top-up, bonus or spend. Users are created on their first credit.
 --
--- The operator controls (controls.sql) are looked up in one statement, one index probe
--- each, so a posting no policy applies to pays little for them: a frozen user is refused
--- (WL015), a credit above its asset's approval threshold is refused (WL017: file it with
--- walletctl_request_credit), and a credit is charged to the caller's issuance budgets
--- after its balance lock (WL016 undoes it when over). A key that already holds a posting
--- still replays (or conflicts) whatever the policy says now.
+-- The operator controls (controls.sql): a frozen user is refused (WL015), a credit above
+-- its asset's approval threshold is refused (WL017: file it with walletctl_request_credit),
+-- both decided after the balance lock (walletctl_post_one); a credit is then charged to the
+-- caller's issuance budgets (WL016 undoes it when over), on the UTC day of the posting's
+-- own time. A key that already holds a posting still replays (or conflicts) whatever the
+-- policy says now.
 CREATE FUNCTION walletctl_post(
     p_kind text, p_user_id text, p_asset text, p_amount bigint,
     p_idempotency_key text, p_reason text, p_on_behalf_of text DEFAULT NULL
 ) RETURNS walletctl_receipt LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = public, pg_temp AS $$
 DECLARE
-    v_frozen boolean;
-    v_approve_above bigint;
-    v_budgeted boolean;
     v_receipt walletctl_receipt;
 BEGIN
     IF p_kind IS NULL OR p_kind NOT IN ('topup', 'bonus', 'spend') THEN
         RAISE EXCEPTION 'unknown posting kind %', p_kind USING ERRCODE = '22023';
     END IF;
-    SELECT (SELECT f.frozen FROM user_freezes f WHERE f.user_id = p_user_id
-            ORDER BY f.id DESC LIMIT 1),
-           CASE WHEN p_kind <> 'spend' THEN
-               (SELECT p.approve_above FROM asset_policies p WHERE p.asset = p_asset
-                ORDER BY p.id DESC LIMIT 1)
-           END,
-           p_kind <> 'spend' AND EXISTS (SELECT FROM issuance_budgets b WHERE b.asset = p_asset)
-    INTO v_frozen, v_approve_above, v_budgeted;
-    IF (v_frozen OR p_amount > v_approve_above)
-       AND NOT EXISTS (SELECT FROM transactions t WHERE t.idempotency_key = p_idempotency_key)
-    THEN
-        IF v_frozen THEN
-            RAISE EXCEPTION '%', walletctl_refusal('frozen', p_user_id, p_asset, p_amount,
-                                                   p_idempotency_key, NULL, NULL)
-                USING ERRCODE = 'WL015';
-        END IF;
-        RAISE EXCEPTION '%', walletctl_refusal('approval_required', p_user_id, p_asset, p_amount,
-                                               p_idempotency_key, NULL, NULL)
-            USING ERRCODE = 'WL017', DETAIL = v_approve_above::text;
-    END IF;
-    v_receipt := walletctl_post_one(
+    v_receipt := public.walletctl_post_one(
         p_kind, p_user_id, p_asset, p_amount,
         CASE WHEN p_kind = 'spend' THEN -p_amount ELSE p_amount END,
-        p_idempotency_key, p_reason, p_on_behalf_of, NULL);
-    IF v_budgeted AND NOT v_receipt.replayed THEN
-        PERFORM walletctl_charge_issuance(session_user, p_asset, p_amount);
+        p_idempotency_key, p_reason, p_on_behalf_of, NULL, 'posting');
+    IF p_kind <> 'spend' AND NOT v_receipt.replayed
+       AND EXISTS (SELECT FROM issuance_budgets b WHERE b.asset = p_asset)
+    THEN
+        PERFORM public.walletctl_charge_issuance(session_user::text, p_asset, p_amount,
+                                                 v_receipt.created_at);
     END IF;
     RETURN v_receipt;
 END
@@ -345,13 +381,13 @@ BEGIN
             p_transaction_id USING ERRCODE = 'WL007';
     END IF;
     -- A reversal racing this one is stopped by the unique index on transactions.reverses.
-    RETURN walletctl_post_one(
+    RETURN public.walletctl_post_one(
         'reversal',
         (SELECT a.external_id FROM accounts a WHERE a.id = v_target.account_id),
         (SELECT s.code FROM asset_types s WHERE s.id = v_target.asset_id),
         v_target.amount,
         CASE WHEN v_target.kind = 'spend' THEN v_target.amount ELSE -v_target.amount END,
-        p_idempotency_key, p_reason, p_on_behalf_of, p_transaction_id);
+        p_idempotency_key, p_reason, p_on_behalf_of, p_transaction_id, 'reversal');
 END
 $$;
 

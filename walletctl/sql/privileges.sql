@@ -40,6 +40,13 @@ BEGIN
 END
 $owner$;
 
+-- The schema belongs to walletctl_owner too. Since PostgreSQL 15 `public` belongs to
+-- pg_database_owner, so whoever owns the database (a login made by createdb, a managed
+-- service's master user) could create objects in it: a function overloading an internal
+-- one, or a table standing in for a temporary one, which the SECURITY DEFINER functions
+-- would then find and run as walletctl_owner. No role but walletctl_owner may create here.
+ALTER SCHEMA public OWNER TO walletctl_owner;
+
 -- Nothing for anyone by default: PUBLIC may execute new functions and, before PostgreSQL
 -- 15, create objects in public.
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
