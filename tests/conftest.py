@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -173,3 +174,121 @@ def superuser_db(db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "walletctl-data"
+
+
+# A sharded ledger (README "Beyond one machine"): a PL/Proxy proxy and four partitions,
+# all databases on the test server, built once per session by `walletctl cluster create`.
+
+CLUSTER_PARTITIONS = 4
+
+
+@dataclass(frozen=True)
+class ClusterUrls:
+    """A superuser's URLs of the proxy and of each partition, in partition order."""
+
+    proxy: str
+    partitions: tuple[str, ...]
+
+
+def create_cluster_databases(server_url: str, prefix: str, partitions: int) -> ClusterUrls:
+    names = [f"{prefix}_proxy", *(f"{prefix}_p{n}" for n in range(partitions))]
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        for name in names:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    urls = [_with_database(server_url, name) for name in names]
+    return ClusterUrls(urls[0], tuple(urls[1:]))
+
+
+def drop_cluster_databases(server_url: str, cluster: ClusterUrls) -> None:
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        for url in (cluster.proxy, *cluster.partitions):
+            name = urlsplit(url).path.lstrip("/")
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def cluster(server_url: str) -> Iterator[ClusterUrls]:
+    from walletctl.cluster import admin
+
+    urls = create_cluster_databases(
+        server_url, f"walletctl_test_{uuid.uuid4().hex[:8]}", CLUSTER_PARTITIONS
+    )
+    try:
+        admin.create(urls.proxy, urls.partitions)
+        yield urls
+    finally:
+        drop_cluster_databases(server_url, urls)
+
+
+@pytest.fixture
+def clean_cluster(cluster: ClusterUrls) -> ClusterUrls:
+    """The session's cluster with every partition emptied (its id numbering kept)."""
+    for url in cluster.partitions:
+        truncate_everything(url)
+    return cluster
+
+
+class Ledger:
+    """One ledger as the concurrency suites see it: where postings go (a database, or a
+    proxy in front of partitions) and the databases that hold its rows, read as superuser."""
+
+    def __init__(self, post_url: str, holders: tuple[str, ...]) -> None:
+        self.post_url = post_url
+        self.holders = holders
+        self.proxied = len(holders) > 1
+        self._opened: list[psycopg.Connection[Any]] = []
+        self.conn = self.connect()
+
+    def connect(self) -> psycopg.Connection[Any]:
+        connection = psycopg.connect(self.post_url, autocommit=True)
+        self._opened.append(connection)
+        return connection
+
+    def close(self) -> None:
+        for connection in self._opened:
+            connection.close()
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        found: list[tuple[Any, ...]] = []
+        for url in self.holders:
+            with psycopg.connect(url) as conn:
+                found.extend(conn.execute(sql).fetchall())
+        return found
+
+    def count(self, sql: str) -> int:
+        return sum(int(row[0]) for row in self.rows(sql))
+
+    def balance_of(self, user_id: str, asset: str = "GOLD") -> int:
+        from .helpers import balance_of
+
+        total = 0
+        for url in self.holders:
+            with psycopg.connect(url) as conn:
+                total += balance_of(conn, user_id, asset)
+        return total
+
+    def assert_consistent(self) -> None:
+        from .helpers import assert_ledger_consistent
+
+        for url in self.holders:
+            with psycopg.connect(url) as conn:
+                assert_ledger_consistent(conn)
+
+    def workers(self, direct: int) -> int:
+        """Fewer connections through a proxy: each proxy backend opens its own to the
+        partitions, and CI's server allows 100."""
+        return direct if not self.proxied else min(direct, 16)
+
+
+@pytest.fixture(params=["direct", "proxy"])
+def ledger(request: pytest.FixtureRequest, ops_role: str) -> Iterator[Ledger]:
+    """An empty ledger with GOLD, posted to as an operator: directly, or through a proxy."""
+    if request.param == "direct":
+        database = request.getfixturevalue("clean_db")
+        found = Ledger(with_user(database, ops_role), (database,))
+    else:
+        urls = request.getfixturevalue("clean_cluster")
+        found = Ledger(with_user(urls.proxy, ops_role), urls.partitions)
+    assets.add_asset(found.conn, "GOLD", "Gold Coins")
+    yield found
+    found.close()

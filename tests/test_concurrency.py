@@ -1,4 +1,6 @@
-"""Postings under real concurrency: many connections to one server, started together."""
+"""Postings under real concurrency: many connections, started together, to one database
+or (the ``ledger`` fixture's second parameter) through a PL/Proxy proxy to four
+partitions."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from walletctl.core import assets, posting
 from walletctl.core.models import Receipt
 from walletctl.errors import AlreadyReversed, InsufficientFunds, WalletError
 
+from .conftest import Ledger
 from .helpers import assert_ledger_consistent, balance_of
 
 Conn = psycopg.Connection[Any]
@@ -35,9 +38,12 @@ def _run_together(workers: int, job: Callable[[int], Any]) -> list[Any]:
         return list(pool.map(released, range(workers)))
 
 
-def test_fifty_concurrent_spends_of_ten_on_two_hundred(conn: Conn, connect: Any) -> None:
-    posting.topup(conn, "alice", 200, idempotency_key="fund", **OPS)
-    connections = [connect() for _ in range(50)]
+def test_concurrent_spends_of_ten_on_ten_times_fewer(ledger: Ledger) -> None:
+    """50 spends of 10 on 200 (16 through a proxy, on 60): exactly as many post as fit."""
+    workers = ledger.workers(50)
+    fits = workers * 2 // 5
+    posting.topup(ledger.conn, "alice", 10 * fits, idempotency_key="fund", **OPS)
+    connections = [ledger.connect() for _ in range(workers)]
 
     def spend(index: int) -> str:
         try:
@@ -46,41 +52,42 @@ def test_fifty_concurrent_spends_of_ten_on_two_hundred(conn: Conn, connect: Any)
             return "insufficient"
         return "posted"
 
-    outcomes = _run_together(50, spend)
-    assert outcomes.count("posted") == 20
-    assert outcomes.count("insufficient") == 30
-    assert balance_of(conn, "alice") == 0
-    row = conn.execute("SELECT count(*) FROM transactions WHERE kind = 'spend'").fetchone()
-    assert row == (20,)
-    assert_ledger_consistent(conn)
+    outcomes = _run_together(workers, spend)
+    assert outcomes.count("posted") == fits
+    assert outcomes.count("insufficient") == workers - fits
+    assert ledger.balance_of("alice") == 0
+    assert ledger.count("SELECT count(*) FROM transactions WHERE kind = 'spend'") == fits
+    ledger.assert_consistent()
 
 
-def test_racing_identical_keys_post_once_and_all_get_its_receipt(conn: Conn, connect: Any) -> None:
-    connections = [connect() for _ in range(32)]
+def test_racing_identical_keys_post_once_and_all_get_its_receipt(ledger: Ledger) -> None:
+    workers = ledger.workers(32)
+    connections = [ledger.connect() for _ in range(workers)]
 
     def topup(index: int) -> Receipt:
         return posting.topup(connections[index], "alice", 25, idempotency_key="same", **OPS)
 
-    receipts = _run_together(32, topup)
+    receipts = _run_together(workers, topup)
     assert len({receipt.transaction_id for receipt in receipts}) == 1
     assert sum(not receipt.replayed for receipt in receipts) == 1
     assert {receipt.balance_after for receipt in receipts} == {25}
-    assert conn.execute("SELECT count(*) FROM transactions").fetchone() == (1,)
-    assert balance_of(conn, "alice") == 25
-    assert_ledger_consistent(conn)
+    assert ledger.count("SELECT count(*) FROM transactions") == 1
+    assert ledger.balance_of("alice") == 25
+    ledger.assert_consistent()
 
 
-def test_racing_identical_keys_on_an_existing_user_with_spends(conn: Conn, connect: Any) -> None:
-    posting.topup(conn, "alice", 1000, idempotency_key="fund", **OPS)
-    connections = [connect() for _ in range(32)]
+def test_racing_identical_keys_on_an_existing_user_with_spends(ledger: Ledger) -> None:
+    posting.topup(ledger.conn, "alice", 1000, idempotency_key="fund", **OPS)
+    workers = ledger.workers(32)
+    connections = [ledger.connect() for _ in range(workers)]
 
     def spend(index: int) -> Receipt:
         return posting.spend(connections[index], "alice", 7, idempotency_key="once", **OPS)
 
-    receipts = _run_together(32, spend)
+    receipts = _run_together(workers, spend)
     assert len({receipt.transaction_id for receipt in receipts}) == 1
-    assert balance_of(conn, "alice") == 993
-    assert_ledger_consistent(conn)
+    assert ledger.balance_of("alice") == 993
+    ledger.assert_consistent()
 
 
 def _race_in_process(url: str, barrier: Any, results: Any) -> None:
@@ -90,12 +97,12 @@ def _race_in_process(url: str, barrier: Any, results: Any) -> None:
         results.put((receipt.transaction_id, receipt.replayed))
 
 
-def test_racing_identical_keys_from_separate_processes(conn: Conn, clean_db: str) -> None:
+def test_racing_identical_keys_from_separate_processes(ledger: Ledger) -> None:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(8)
     results = context.Queue()
     processes = [
-        context.Process(target=_race_in_process, args=(clean_db, barrier, results))
+        context.Process(target=_race_in_process, args=(ledger.post_url, barrier, results))
         for _ in range(8)
     ]
     for process in processes:
@@ -106,12 +113,12 @@ def test_racing_identical_keys_from_separate_processes(conn: Conn, clean_db: str
     outcomes = [results.get(timeout=5) for _ in processes]
     assert len({transaction_id for transaction_id, _ in outcomes}) == 1
     assert sorted(replayed for _, replayed in outcomes) == [False] + [True] * 7
-    assert conn.execute("SELECT count(*) FROM transactions").fetchone() == (1,)
+    assert ledger.count("SELECT count(*) FROM transactions") == 1
 
 
-def test_racing_reversals_of_one_transaction_post_one(conn: Conn, connect: Any) -> None:
-    topup = posting.topup(conn, "alice", 100, idempotency_key="t", **OPS)
-    connections = [connect() for _ in range(16)]
+def test_racing_reversals_of_one_transaction_post_one(ledger: Ledger) -> None:
+    topup = posting.topup(ledger.conn, "alice", 100, idempotency_key="t", **OPS)
+    connections = [ledger.connect() for _ in range(16)]
 
     def reverse(index: int) -> str:
         try:
@@ -128,8 +135,8 @@ def test_racing_reversals_of_one_transaction_post_one(conn: Conn, connect: Any) 
 
     outcomes = _run_together(16, reverse)
     assert outcomes.count("posted") == 1
-    assert balance_of(conn, "alice") == 0
-    assert_ledger_consistent(conn)
+    assert ledger.balance_of("alice") == 0
+    ledger.assert_consistent()
 
 
 @dataclass
@@ -138,11 +145,14 @@ class Outcome:
     refusals: int
 
 
-def test_mixed_workload_keeps_every_invariant(conn: Conn, connect: Any) -> None:
-    """16 workers x 1,000 random top-ups, bonuses, spends and reversals over 100 users."""
-    assets.add_asset(conn, "POINTS", "Reward Points")
+def test_mixed_workload_keeps_every_invariant(ledger: Ledger) -> None:
+    """16 workers x 1,000 random top-ups, bonuses, spends and reversals over 100 users
+    (through a proxy: 8 x 400, on four partitions)."""
+    assets.add_asset(ledger.conn, "POINTS", "Reward Points")
     workers, operations, users = 16, 1000, 100
-    connections = [connect() for _ in range(workers)]
+    if ledger.proxied:
+        workers, operations = 8, 400
+    connections = [ledger.connect() for _ in range(workers)]
 
     def work(index: int) -> Outcome:
         rng = random.Random(index)
@@ -226,7 +236,7 @@ def test_mixed_workload_keeps_every_invariant(conn: Conn, connect: Any) -> None:
     assert sum(len(outcome.receipts) for outcome in outcomes) == len(reported)
     in_ledger = {
         row[0]: row[1:]
-        for row in conn.execute(
+        for row in ledger.rows(
             "SELECT t.id, t.kind, a.external_id, s.code, t.amount, t.idempotency_key "
             "FROM transactions t JOIN accounts a ON a.id = t.account_id "
             "JOIN asset_types s ON s.id = t.asset_id WHERE t.idempotency_key <> 'fund'"
@@ -243,7 +253,7 @@ def test_mixed_workload_keeps_every_invariant(conn: Conn, connect: Any) -> None:
             receipt.idempotency_key,
         )
     assert sum(outcome.refusals for outcome in outcomes) > 0  # the workload did hit refusals
-    assert_ledger_consistent(conn)
+    ledger.assert_consistent()
 
 
 @pytest.mark.parametrize("users", [1, 2])

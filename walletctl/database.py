@@ -96,6 +96,11 @@ def require_current_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None
     if state.current:
         return
     if state.revision is None:
+        from walletctl.cluster.topology import topology
+
+        if topology(conn) is not None:  # a PL/Proxy proxy: no ledger of its own
+            _require_current_proxy(conn)
+            return
         raise SchemaOutOfDate(
             "the database has no walletctl schema; run `walletctl db upgrade` first"
         )
@@ -103,6 +108,17 @@ def require_current_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None
         f"the database schema is at revision {state.revision}, this walletctl needs "
         f"{SCHEMA_HEAD}; run `walletctl db upgrade`"
     )
+
+
+def _require_current_proxy(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    from walletctl.cluster.proxy_sql import drift
+
+    differing = drift(conn)
+    if differing:
+        raise SchemaOutOfDate(
+            f"the proxy's functions are not this walletctl's ({', '.join(differing[:3])}"
+            f"{', ...' if len(differing) > 3 else ''}); run `walletctl cluster create`"
+        )
 
 
 EMBEDDED_LOGIN_ROLE = "walletctl_local"

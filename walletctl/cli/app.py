@@ -291,6 +291,7 @@ def _register_commands() -> None:
     # Imported for their side effect of adding commands to `app` (through cli.groups).
     from walletctl.cli import (  # noqa: F401
         admin_commands,
+        cluster_commands,
         finance_commands,
         policy_commands,
         posting_commands,

@@ -118,6 +118,20 @@ def seal(
             show_reconcile(Output(env, Format.TSV, stream=env.err), refused.report)
             env.message("seal: refused, reconcile found discrepancies (see above)")
             raise typer.Exit(ExitCode.RECONCILE_FAILED) from None
+    if isinstance(checkpoint, list):  # a cluster: one checkpoint per partition
+        out.listing(
+            Listing(
+                [views.partition_seal(partition, sealed) for partition, sealed in checkpoint],
+                views.PARTITION_SEAL_COLUMNS,
+                title="Sealed, per partition",
+                name="partitions",
+            )
+        )
+        env.message(
+            "sealed each partition; keep each partition's hash outside the database to prove "
+            "it later"
+        )
+        return
     if checkpoint is None:
         env.message("seal: nothing new to seal")
         out.record(Record({"checkpoint": None}, title="Nothing new to seal"))

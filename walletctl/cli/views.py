@@ -16,6 +16,8 @@ from walletctl.cli.output import Column
 from walletctl.core.values import balance_change
 
 if TYPE_CHECKING:
+    from walletctl.cluster.admin import PartitionStatus
+    from walletctl.cluster.topology import Partition
     from walletctl.core.bulk import InvalidRow, RowOutcome
     from walletctl.core.checkpoints import Checkpoint
     from walletctl.core.models import (
@@ -510,4 +512,57 @@ def membership(found: Membership) -> View:
         "kind": found.kind,
         "can_login": found.can_login,
         "superuser": found.superuser,
+    }
+
+
+# A cluster (PL/Proxy).
+
+PARTITION_COLUMNS = (
+    Column("partition", "Partition", numeric=True),
+    Column("connstr", "Where"),
+    Column("reachable", "Reachable"),
+    Column("schema_revision", "Schema"),
+    Column("size_bytes", "Size (bytes)", numeric=True),
+    Column("users", "Users", numeric=True),
+    Column("transactions", "Transactions", numeric=True),
+    Column("problem", "Problem"),
+)
+
+
+def partition(found: Partition) -> View:
+    return {"partition": found.number, "connstr": found.connstr}
+
+
+def partition_status(status: PartitionStatus) -> View:
+    return {
+        "partition": status.number,
+        "connstr": status.connstr,
+        "reachable": status.reachable,
+        "schema_revision": status.schema_revision,
+        "size_bytes": status.size_bytes,
+        "users": status.users,
+        "transactions": status.transactions,
+        "problem": status.problem,
+    }
+
+
+PARTITION_SEAL_COLUMNS = (
+    Column("partition", "Partition"),
+    Column("checkpoint", "Checkpoint", numeric=True),
+    Column("sealed_after", "Sealed after", numeric=True),
+    Column("sealed_through", "Sealed through", numeric=True),
+    Column("transactions", "Transactions", numeric=True),
+    Column("hash", "Hash"),
+)
+
+
+def partition_seal(found: Partition, sealed: Checkpoint | None) -> View:
+    """`seal` through a proxy: one partition's new checkpoint (or none)."""
+    return {
+        "partition": found.label,
+        "checkpoint": sealed.id if sealed else None,
+        "sealed_after": sealed.previous_horizon if sealed else None,
+        "sealed_through": sealed.horizon if sealed else None,
+        "transactions": sealed.transactions if sealed else 0,
+        "hash": sealed.hash.hex() if sealed else None,
     }

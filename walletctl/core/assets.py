@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from psycopg.rows import class_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import Asset, Connection
 from walletctl.core.sqlerrors import translated
@@ -22,6 +23,7 @@ def add_asset(conn: Connection, code: str, name: str) -> Asset:
     return asset
 
 
+@on_proxy("list_assets")
 def list_assets(conn: Connection) -> list[Asset]:
     with translated(), conn.cursor(row_factory=class_row(Asset)) as cursor:
         return cursor.execute(

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from psycopg.rows import class_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import Balance, Connection, Outstanding
 from walletctl.core.sqlerrors import translated
@@ -52,6 +53,7 @@ ORDER BY s.code
 """
 
 
+@on_proxy("balances")
 def balances(
     conn: Connection, user_id: str, *, asset: str | None = None, as_of: datetime | None = None
 ) -> list[Balance]:
@@ -79,6 +81,7 @@ def balances(
         return []
 
 
+@on_proxy("outstanding")
 def outstanding(conn: Connection) -> list[Outstanding]:
     """Per asset: what users hold in total (the liability) and the Treasury's balance, its
     negation. Read from the balance cache; reconcile proves the cache equals the ledger."""

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import Connection, PostingKind
 from walletctl.core.sqlerrors import KEY_CLAIMED_CONCURRENTLY, raise_translated
@@ -376,6 +377,7 @@ def check_terminated(data: bytes, name: str) -> None:
         )
 
 
+@on_proxy("check_against_ledger")
 def check_against_ledger(conn: Connection, kind: PostingKind, parsed: ParsedFile) -> ParsedFile:
     """The file with the rows the ledger would refuse for what they name moved to the bad
     rows: an asset that does not exist, and, for spends, a user that does not exist (credits
@@ -417,6 +419,7 @@ def _row_fields(row: BulkRow) -> dict[str, Any]:
     }
 
 
+@on_proxy("row_number_keys_in_use")
 def row_number_keys_in_use(conn: Connection, prefix: str, rows: int) -> list[str]:
     """Keys ``P:1`` .. ``P:<rows>`` already in the ledger. Earlier versions keyed the rows
     of a file by their row number; the same file run again with the same prefix now derives

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import csv_cells, validation
 from walletctl.core.models import Connection, iso_time
 from walletctl.core.sqlerrors import translated
@@ -142,6 +143,7 @@ def account_name(user_id: str) -> str:
     return f"{USERS_ACCOUNT}:U{escaped}"
 
 
+@on_proxy("export")
 def export(
     conn: Connection,
     out: TextIO,

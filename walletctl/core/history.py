@@ -9,6 +9,7 @@ from typing import Any
 
 from psycopg.rows import class_row, dict_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import (
     Connection,
@@ -139,6 +140,7 @@ def check_kind(kind: str | None) -> str | None:
     return kind
 
 
+@on_proxy("statement")
 def statement(
     conn: Connection, user_id: str, where: StatementFilter | None = None
 ) -> Iterator[StatementLine]:
@@ -161,6 +163,7 @@ def statement(
     return _stream(conn, sql, params)
 
 
+@on_proxy("statement_totals")
 def statement_totals(
     conn: Connection, user_id: str, where: StatementFilter | None = None
 ) -> list[StatementTotal]:
@@ -192,6 +195,7 @@ def _stream(conn: Connection, sql: str, params: Mapping[str, object]) -> Iterato
         yield from cursor.stream(sql, params)
 
 
+@on_proxy("transaction")
 def transaction(conn: Connection, transaction_id: int) -> TransactionDetail:
     """One transaction with its entries. Raises TransactionNotFound."""
     detail = _transaction(conn, "t.id = %s", validation.transaction_id(transaction_id))
@@ -200,6 +204,7 @@ def transaction(conn: Connection, transaction_id: int) -> TransactionDetail:
     return detail
 
 
+@on_proxy("transaction_by_key")
 def transaction_by_key(conn: Connection, idempotency_key: str) -> TransactionDetail | None:
     """The transaction an idempotency key posted, if any."""
     return _transaction(conn, "t.idempotency_key = %s", validation.idempotency_key(idempotency_key))

@@ -14,6 +14,7 @@ from typing import Literal
 
 from psycopg.rows import class_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import Connection, PostingKind, Receipt
 from walletctl.core.sqlerrors import translated
@@ -125,6 +126,7 @@ def _optional_amount(value: int | None) -> int | None:
 # Policy changes (walletctl_admin).
 
 
+@on_proxy("operator_controls")
 def set_approval(
     conn: Connection, asset: str, approve_above: int | None, *, request_hours: int = 24
 ) -> ApprovalPolicy:
@@ -143,6 +145,7 @@ def set_approval(
     return row
 
 
+@on_proxy("operator_controls")
 def set_budget(conn: Connection, role: str, asset: str, daily_limit: int | None) -> Budget:
     """``role`` (and, for a group role, its members together) may credit at most
     ``daily_limit`` of ``asset`` per UTC day (None: no budget)."""
@@ -152,11 +155,13 @@ def set_budget(conn: Connection, role: str, asset: str, daily_limit: int | None)
     return next(b for b in budgets(conn) if (b.role, b.asset) == (params[0], params[1]))
 
 
+@on_proxy("operator_controls")
 def freeze(conn: Connection, user_id: str, reason: str) -> Freeze:
     """Freeze a user: no spends and no credits (a reversal still posts) until unfrozen."""
     return _set_frozen(conn, "walletctl_freeze_user", user_id, reason)
 
 
+@on_proxy("operator_controls")
 def unfreeze(conn: Connection, user_id: str, reason: str) -> Freeze:
     return _set_frozen(conn, "walletctl_unfreeze_user", user_id, reason)
 
@@ -175,6 +180,7 @@ def _set_frozen(conn: Connection, function: str, user_id: str, reason: str) -> F
 # Reading policy (every walletctl role but service).
 
 
+@on_proxy("operator_controls")
 def approval_policies(conn: Connection) -> list[ApprovalPolicy]:
     """The threshold in force per asset that has ever had one."""
     with translated(), conn.cursor(row_factory=class_row(ApprovalPolicy)) as cursor:
@@ -185,6 +191,7 @@ def approval_policies(conn: Connection) -> list[ApprovalPolicy]:
         ).fetchall()
 
 
+@on_proxy("operator_controls")
 def budgets(conn: Connection) -> list[Budget]:
     """The budget in force per role and asset, with what it has used today (UTC)."""
     with translated(), conn.cursor(row_factory=class_row(Budget)) as cursor:
@@ -204,6 +211,7 @@ def budgets(conn: Connection) -> list[Budget]:
         ).fetchall()
 
 
+@on_proxy("binding_budgets")
 def binding_budgets(conn: Connection, asset: str) -> list[Budget]:
     """The budgets of ``asset`` that bind the identity logged in (its own, and its group
     roles'), as walletctl_charge_issuance applies them."""
@@ -230,6 +238,7 @@ def binding_budgets(conn: Connection, asset: str) -> list[Budget]:
         ).fetchall()
 
 
+@on_proxy("current_freeze")
 def current_freeze(conn: Connection, user_id: str) -> Freeze | None:
     """The freeze in force on the user (None: not frozen)."""
     with translated(), conn.cursor(row_factory=class_row(Freeze)) as cursor:
@@ -241,6 +250,7 @@ def current_freeze(conn: Connection, user_id: str) -> Freeze | None:
     return found if found is not None and found.frozen else None
 
 
+@on_proxy("operator_controls")
 def freezes(conn: Connection, user_id: str | None = None) -> list[Freeze]:
     """Every freeze and unfreeze (of one user, or all), oldest first."""
     with translated(), conn.cursor(row_factory=class_row(Freeze)) as cursor:
@@ -254,6 +264,7 @@ def freezes(conn: Connection, user_id: str | None = None) -> list[Freeze]:
 # Four-eyes approval.
 
 
+@on_proxy("operator_controls")
 def request_credit(
     conn: Connection,
     kind: PostingKind,
@@ -298,6 +309,7 @@ WHERE (%(id)s::bigint IS NULL OR r.id = %(id)s)
 """
 
 
+@on_proxy("operator_controls")
 def list_requests(conn: Connection, status: RequestStatus | None = None) -> list[CreditRequest]:
     """Requests, newest first; ``status`` keeps only those pending, approved, rejected or
     expired (expired: past its time without a decision)."""
@@ -308,6 +320,7 @@ def list_requests(conn: Connection, status: RequestStatus | None = None) -> list
     return [r for r in found if status is None or r.status == status]
 
 
+@on_proxy("operator_controls")
 def show_request(conn: Connection, request_id: int) -> CreditRequest:
     params = {"id": valid_request_id(request_id)}
     with translated(), conn.cursor(row_factory=class_row(CreditRequest)) as cursor:
@@ -317,6 +330,7 @@ def show_request(conn: Connection, request_id: int) -> CreditRequest:
     return found
 
 
+@on_proxy("request_by_key")
 def request_by_key(conn: Connection, idempotency_key: str) -> CreditRequest | None:
     """The request an idempotency key filed, if any."""
     params = {"id": None, "key": validation.idempotency_key(idempotency_key)}
@@ -324,6 +338,7 @@ def request_by_key(conn: Connection, idempotency_key: str) -> CreditRequest | No
         return cursor.execute(_REQUESTS_SQL + " AND r.idempotency_key = %(key)s", params).fetchone()
 
 
+@on_proxy("operator_controls")
 def approve(conn: Connection, request_id: int, *, reason: str | None = None) -> Receipt:
     """Approve and post a request (walletctl_approver, not its requester). Approving an
     approved request returns its posting's receipt, replayed."""
@@ -334,6 +349,7 @@ def approve(conn: Connection, request_id: int, *, reason: str | None = None) -> 
     return Receipt(*row)
 
 
+@on_proxy("operator_controls")
 def expire_requests(conn: Connection) -> list[Decision]:
     """Record the expiry of every request past its time without a decision
     (walletctl_approver); returns what it recorded."""
@@ -344,6 +360,7 @@ def expire_requests(conn: Connection) -> list[Decision]:
         ).fetchall()
 
 
+@on_proxy("operator_controls")
 def reject(conn: Connection, request_id: int, *, reason: str) -> Decision:
     """Reject a request (walletctl_approver); a reason is required."""
     params = (valid_request_id(request_id), validation.reason(reason, required=True))

@@ -19,6 +19,7 @@ from weakref import WeakKeyDictionary
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import Connection, PostingKind, Receipt
 from walletctl.core.sqlerrors import KeyClaimedConcurrently, raise_translated, translate
@@ -154,6 +155,7 @@ def reverse(
     return _call(conn, REVERSE_SQL, params)
 
 
+@on_proxy("scope")
 def scope(conn: Connection, *, dry_run: bool) -> AbstractContextManager[object]:
     """Where postings made inside go: into the ledger, or, for a dry run, into a transaction
     that is rolled back, so the caller sees the exact receipts and refusals and nothing is

@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import checkpoints
 from walletctl.core import reconcile_sql as sql
 from walletctl.core.models import Connection
@@ -101,6 +102,7 @@ _REVERSALS = (
 )
 
 
+@on_proxy("reconcile")
 def reconcile(conn: Connection, *, full: bool = False) -> ReconcileReport:
     """Run every check, in one REPEATABLE READ, READ ONLY transaction of its own (so every
     pass sees the same committed ledger while postings go on). ``conn`` must not be in a

@@ -28,6 +28,7 @@ import time
 import psycopg
 from psycopg.rows import dict_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core.checkpoints import CHECKPOINT_COLUMNS, Checkpoint, checkpoint_from_row
 from walletctl.core.models import Connection
 from walletctl.core.reconcile import check_ledger
@@ -43,6 +44,7 @@ class _NotSettled(Exception):
     taken in the instant between a commit and its publication): take another."""
 
 
+@on_proxy("seal")
 def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
     """Reconcile, then seal everything committed since the last checkpoint, in one
     snapshot. Returns the new checkpoint, or None when nothing is new.

@@ -6,6 +6,7 @@ constraints raise the standard ones, recognised by constraint name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -59,6 +60,7 @@ ALREADY_DECIDED = "WL020"
 NOT_A_REQUEST = "WL021"
 REQUEST_EXPIRED = "WL022"
 NOT_READ_COMMITTED = "WL023"
+FEATURE_NOT_SUPPORTED = "0A000"
 
 # Nothing was written, and the same request may simply be sent again.
 _BUSY_SQLSTATES = {
@@ -94,14 +96,23 @@ class KeyClaimedConcurrently(Exception):
     """Internal: another posting with the same key committed first; ask again."""
 
 
+# PL/Proxy re-raises a partition's error on the proxy with its SQLSTATE, the message
+# prefixed with the function and partition database, the detail with "Remote detail: ".
+_PLPROXY_PREFIX = re.compile(r"^[\w.]+\(\d+\): \[[^\]]*\] REMOTE [A-Z]+: ")
+_PLPROXY_DETAIL = "Remote detail: "
+# PL/Proxy's own failures (a partition it cannot connect to, a connection lost or timed
+# out): SQLSTATE XX000, "PL/Proxy function f(n): [partition db] what happened".
+_PLPROXY_FAILURE = re.compile(r"^PL/Proxy function [\w.]+\(\d+\): \[([^\]]*)\] (?:\w+: )?(.*)")
+
+
 def _int_detail(exc: psycopg.Error) -> int:
-    detail = exc.diag.message_detail or ""
+    detail = (exc.diag.message_detail or "").removeprefix(_PLPROXY_DETAIL)
     return int(detail) if detail.lstrip("-").isdigit() else 0
 
 
 def translate(exc: psycopg.Error) -> Exception:
     """The typed error for a database error (the error itself when it has no meaning here)."""
-    message = exc.diag.message_primary or str(exc).strip()
+    message = _PLPROXY_PREFIX.sub("", exc.diag.message_primary or str(exc).strip())
     code = exc.sqlstate
     if code == INSUFFICIENT_FUNDS:
         return InsufficientFunds(message, balance=_int_detail(exc), requested=0)
@@ -156,6 +167,15 @@ def translate(exc: psycopg.Error) -> Exception:
         DUPLICATED_LINE,
     ):
         return InvalidInput(f"refused by the database: {message}")
+    if code == FEATURE_NOT_SUPPORTED and message.startswith("an atomic batch"):
+        return InvalidInput(message)  # the proxy's walletctl_post_batch (proxy.sql)
+    unreachable = _PLPROXY_FAILURE.match(message) if code == "XX000" else None
+    if unreachable is not None:
+        return DatabaseUnavailable(
+            f"the proxy cannot reach partition database {unreachable.group(1)}: "
+            f"{unreachable.group(2)} (if this was a posting, retry it with the same "
+            "idempotency key)"
+        )
     if code in _BUSY_SQLSTATES:
         return Busy(
             f"busy: {_BUSY_SQLSTATES[code]} ({message}); nothing was written, retrying with "

@@ -9,6 +9,7 @@ from typing import Any
 
 from psycopg.rows import class_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.history import check_kind
 from walletctl.core.models import Connection
@@ -184,6 +185,7 @@ class ActorTotal:
     """The net effect on what users hold: negative for spends and reversed credits."""
 
 
+@on_proxy("period_summary")
 def period_summary(
     conn: Connection,
     *,
@@ -208,6 +210,7 @@ def period_summary(
     return rows
 
 
+@on_proxy("by_actor")
 def by_actor(
     conn: Connection,
     *,

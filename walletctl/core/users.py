@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 
 from psycopg.rows import dict_row
 
+from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import validation
 from walletctl.core.models import Balance, Connection, UserSummary
 from walletctl.core.sqlerrors import translated
@@ -45,6 +46,7 @@ _NEWEST_FIRST = (
 )
 
 
+@on_proxy("list_users")
 def list_users(
     conn: Connection,
     *,
@@ -64,12 +66,14 @@ def list_users(
     return _users(conn, params, newest_first=newest_first, with_entries=with_entries)
 
 
+@on_proxy("count_users")
 def count_users(conn: Connection) -> int:
     """How many users the ledger knows."""
     row = conn.execute("SELECT count(*) FROM accounts WHERE id <> 0").fetchone()
     return int(row[0]) if row else 0
 
 
+@on_proxy("show_user")
 def show_user(conn: Connection, user_id: str) -> UserSummary:
     params = {"user": validation.user_id(user_id), "after": None, "limit": 1}
     found = list(_users(conn, params, newest_first=False, with_entries=True))
