@@ -233,6 +233,40 @@ def test_seal_gives_up_on_a_posting_that_stays_in_flight(conn: Conn, connect: An
     slow.execute("ROLLBACK")
 
 
+def test_seal_waits_for_a_posting_with_a_lower_id_but_a_later_xid(conn: Conn, connect: Any) -> None:
+    # T1 takes its xid after T2 but draws the lower transaction id; T2 commits. The
+    # snapshot then lists no running transaction below its xmax (T1's xid is above it), yet
+    # T1 may still commit an id below the horizon: the seal must wait for it all the same.
+    first, second = connect(), connect()
+    second.execute("BEGIN")
+    second.execute("SELECT pg_current_xact_id()")
+    first.execute("BEGIN")
+    first.execute("SELECT walletctl_post('topup', 'bob', 'GOLD', 5, 'lower-id', NULL, 'x')")
+    second.execute("SELECT walletctl_post('topup', 'carol', 'GOLD', 7, 'higher-id', NULL, 'x')")
+    second.execute("COMMIT")
+    with pytest.raises(ConcurrentRun, match="still running"):
+        seal.seal(conn, wait_seconds=0.3)
+    first.execute("COMMIT")
+    checkpoint = seal.seal(conn, wait_seconds=5)
+    assert checkpoint is not None and checkpoint.transactions == 2
+    assert reconcile(conn).passed
+
+
+def test_a_long_transaction_in_another_database_does_not_hold_the_seal(
+    conn: Conn, server_url: str
+) -> None:
+    # It cannot write this ledger, so the seal does not wait for it (on a shared server a
+    # reporting job elsewhere would otherwise block every seal).
+    posting.topup(conn, "carol", 7, idempotency_key="c1", **OPS)
+    with psycopg.connect(server_url) as elsewhere:
+        elsewhere.execute("SELECT pg_current_xact_id()")  # holds an xid, stays open
+        with psycopg.connect(server_url, autocommit=True) as later:  # a later xid completes,
+            later.execute("SELECT pg_current_xact_id()")  # so the snapshot lists the open one
+        checkpoint = seal.seal(conn, wait_seconds=0.3)
+        elsewhere.rollback()
+    assert checkpoint is not None and checkpoint.transactions == 1
+
+
 def test_seal_cli_refuses_to_seal_a_broken_ledger(clean_db: str) -> None:
     cli = Cli(clean_db)
     cli("asset", "add", "GOLD", "Gold Coins")

@@ -69,41 +69,71 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
         conn.execute("SELECT pg_advisory_unlock(%s)", (SEAL_LOCK_ID,))
 
 
-def _horizon(conn: Connection) -> tuple[int, str]:
-    """The highest committed transaction id, and the snapshot of that moment (whose running
-    transactions are the only ones that may still commit an id below it)."""
-    row = conn.execute(
-        "SELECT coalesce(max(id), 0), pg_current_snapshot()::text FROM transactions"
-    ).fetchone()
+# The transactions that may still commit an id below the horizon: every transaction of
+# this database that holds a transaction id (walletctl's writers take one with the balance
+# lock, before they draw a transaction's id) when the horizon has been read, and the
+# prepared transactions of this database. Not the snapshot's list of running transactions:
+# that lists only those whose xid is below the snapshot's xmax, and a posting that took its
+# xid after another one did but drew the lower id is not in it. Read after the horizon, in
+# a statement of its own: a transaction that takes its xid later draws a higher id. A long
+# transaction in another database on the server cannot write this ledger and is not waited
+# for. pg_stat_activity shows 32-bit xids: widened to xid8 around the current xmax.
+_HORIZON_SQL = """
+SELECT coalesce(max(t.id), 0), pg_snapshot_xmax(pg_current_snapshot())::text
+FROM transactions t
+"""
+_RUNNING_SQL = """
+WITH ours AS (
+    SELECT a.backend_xid::text::numeric AS xid FROM pg_stat_activity a
+    WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL
+      AND a.pid <> pg_backend_pid()
+    UNION
+    SELECT p.transaction::text::numeric FROM pg_prepared_xacts p
+    WHERE p.database = current_database()
+)
+SELECT coalesce(array_agg(
+    (%(xmax)s::numeric
+     + mod(ours.xid - mod(%(xmax)s::numeric, 4294967296) + 6442450944, 4294967296)
+     - 2147483648)::text), '{}')
+FROM ours
+"""
+
+
+def _horizon(conn: Connection) -> tuple[int, list[str]]:
+    """The highest committed transaction id, and the transactions that may still commit an
+    id below it (as xid8 texts)."""
+    row = conn.execute(_HORIZON_SQL).fetchone()
     assert row is not None
-    return int(row[0]), str(row[1])
+    running = conn.execute(_RUNNING_SQL, {"xmax": row[1]}).fetchone()
+    assert running is not None
+    return int(row[0]), [str(xid) for xid in running[0]]
 
 
-def _wait_for(conn: Connection, snapshot: str, deadline: float, wait_seconds: float) -> None:
+def _wait_for(conn: Connection, running: list[str], deadline: float, wait_seconds: float) -> None:
     while True:
-        running = conn.execute(
-            "SELECT count(*) FROM pg_snapshot_xip(%s::pg_snapshot) AS x(xid) "
+        left = conn.execute(
+            "SELECT count(*) FROM unnest(%s::xid8[]) AS x(xid) "
             "WHERE pg_xact_status(x.xid) = 'in progress'",
-            (snapshot,),
+            (running,),
         ).fetchone()
-        if running is None or running[0] == 0:
+        if left is None or left[0] == 0:
             return
         if time.monotonic() > deadline:
             raise ConcurrentRun(
-                f"{running[0]} transaction(s) older than the horizon are still running after "
+                f"{left[0]} transaction(s) older than the horizon are still running after "
                 f"{wait_seconds:g} s; try again later"
             )
         time.sleep(POLL_SECONDS)
 
 
-def _reconcile_and_seal(conn: Connection, horizon: int, running: str) -> Checkpoint | None:
+def _reconcile_and_seal(conn: Connection, horizon: int, running: list[str]) -> Checkpoint | None:
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # The first statement takes the snapshot: every transaction that was running when
         # the horizon was read must have ended in it.
         settled = conn.execute(
             "SELECT coalesce(bool_and(pg_visible_in_snapshot(x.xid, pg_current_snapshot())), "
-            "true) FROM pg_snapshot_xip(%s::pg_snapshot) AS x(xid)",
+            "true) FROM unnest(%s::xid8[]) AS x(xid)",
             (running,),
         ).fetchone()
         if not settled or not settled[0]:
