@@ -7,7 +7,9 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import typer.main
 from typer.testing import CliRunner, Result
 
 from walletctl.cli.app import app
@@ -50,3 +52,20 @@ def run_process(
         check=False,
     )
     return Run(completed.returncode, completed.stdout, completed.stderr)
+
+
+def leaf_commands() -> list[tuple[str, Any]]:
+    """Every command walletctl has, by its full name (``user list``), with its click
+    command."""
+    found: list[tuple[str, Any]] = []
+
+    def walk(group: Any, prefix: str) -> None:
+        for name, sub in group.commands.items():
+            path = f"{prefix}{name}"
+            if hasattr(sub, "commands"):
+                walk(sub, f"{path} ")
+            else:
+                found.append((path, sub))
+
+    walk(typer.main.get_command(app), "")
+    return found

@@ -110,7 +110,7 @@ def test_balance_lists_every_asset_and_the_treasury(cli: Cli) -> None:
     body = _json(cli("balance", "alice", "--json").stdout)
     assert [(b["asset"], b["balance"]) for b in body["balances"]] == [("GOLD", 100), ("POINTS", 0)]
     assert cli("balance", "alice", "--asset", "POINTS", "--json").exit_code == 0
-    treasury = _json(cli("balance", "--treasury", "--json").stdout)
+    treasury = _json(cli("balance", "--treasury", "--json").stdout)["assets"]
     assert {row["asset"]: (row["outstanding"], row["treasury_balance"]) for row in treasury} == {
         "GOLD": (100, -100),
         "POINTS": (7, -7),
@@ -172,14 +172,15 @@ def test_reconcile_passes_on_a_healthy_ledger_and_fails_with_exit_7(
 def test_assets_and_users(cli: Cli) -> None:
     assert cli("asset", "add", "GOLD", "again").exit_code == 5
     assert cli("asset", "add", "gold", "lower").exit_code == 2
-    assets = _json(cli("asset", "list", "--json").stdout)
+    assets = _json(cli("asset", "list", "--json").stdout)["assets"]
     assert [asset["code"] for asset in assets] == ["GOLD"]
     cli("topup", "bob", "5")
     cli("topup", "alice", "7")
     users = [_json(line) for line in cli("user", "list", "--json").stdout.splitlines()]
-    assert [(u["user"], u["balances"]) for u in users] == [
-        ("alice", {"GOLD": 7}),
-        ("bob", {"GOLD": 5}),
+    # Balances have one shape everywhere: the list `balance` prints.
+    assert [(u["user"], [(b["asset"], b["balance"]) for b in u["balances"]]) for u in users] == [
+        ("alice", [("GOLD", 7)]),
+        ("bob", [("GOLD", 5)]),
     ]
     page = [
         _json(line)
@@ -187,7 +188,9 @@ def test_assets_and_users(cli: Cli) -> None:
     ]
     assert [u["user"] for u in page] == ["bob"]
     shown = _json(cli("user", "show", "alice", "--json").stdout)
-    assert shown["balances"] == {"GOLD": 7} and shown["entries"] == 1
+    balance = _json(cli("balance", "alice", "--json").stdout)
+    assert shown["balances"] == balance["balances"] and shown["entries"] == 1
+    assert [(b["asset"], b["balance"]) for b in shown["balances"]] == [("GOLD", 7)]
     assert cli("user", "show", "nobody").exit_code == 4
 
 

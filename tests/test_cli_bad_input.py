@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 
@@ -148,7 +150,11 @@ def test_bad_input_is_refused_cleanly(
     assert result.exit_code == expected, (result.stdout, result.stderr)
     lines = result.stderr.splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("walletctl: error: ")
+    if "--json" in args:  # asked for JSON: the error is one JSON object
+        error = json.loads(lines[0])["error"]
+        assert (error["code"], error["name"]) == (expected, "invalid_input")
+    else:
+        assert lines[0].startswith("walletctl: error: ")
     assert "Traceback" not in result.stderr + result.stdout
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert after == before

@@ -155,3 +155,91 @@ def test_a_posting_command_does_not_load_sqlalchemy_or_alembic(env: dict[str, st
         check=True,
     )
     assert "HEAVY []" in result.stderr, result.stderr
+
+
+def test_a_closed_pipe_ends_quietly_with_exit_zero(env: dict[str, str]) -> None:
+    """`walletctl user list | head -1` in a `set -o pipefail` script succeeds."""
+    users = "user,amount\n" + "".join(f"u{index},1\n" for index in range(3000))
+    posted = run_process("topup", "--file", "-", "--key-prefix", "pipe", env=env, input=users)
+    assert posted.exit_code == 0, posted.stderr
+    for command in ("user list --all", "audit u1 --format jsonl", "export --format csv"):
+        script = f"set -o pipefail; {sys.executable} -m walletctl {command} | head -1"
+        shell = subprocess.run(
+            ["bash", "-c", script],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert shell.returncode == 0, (command, shell.stderr)
+        assert shell.stderr == "", (command, shell.stderr)
+        assert len(shell.stdout.splitlines()) == 1
+
+
+def test_an_ascii_only_stdout_never_turns_a_posting_into_a_failure(
+    env: dict[str, str], clean_db: str
+) -> None:
+    ascii_only = {**env, "PYTHONIOENCODING": "ascii"}
+    posted = run_process("topup", "日本", "5", "--key", "ascii-1", env=ascii_only)
+    assert posted.exit_code == 0, posted.stderr
+    assert "\\u65e5\\u672c" in posted.stdout
+    as_json = run_process("balance", "日本", "--json", env=ascii_only)
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["user"] == "日本"
+    code, shown = run_in_terminal(["topup", "[/z]", "7", "--key", "tty-1"], env)
+    assert code == 0, shown
+    assert "[/z]" in shown
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM transactions WHERE idempotency_key IN ('ascii-1', 'tty-1')"
+        ).fetchone()
+        assert rows == (2,)
+
+
+def test_version_and_help_are_fast_paths() -> None:
+    for flag in ("--version", "-V"):
+        result = subprocess.run(
+            [sys.executable, "-m", "walletctl", flag], capture_output=True, text=True, check=True
+        )
+        assert result.stdout.startswith("walletctl ")
+    shown = subprocess.run(
+        [sys.executable, "-m", "walletctl", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for section in ("Posting", "Reports", "Finance", "Admin", "--install-completion"):
+        assert section in shown
+    spend = subprocess.run(
+        [sys.executable, "-m", "walletctl", "spend", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Exit codes:" in spend and "3 insufficient funds" in " ".join(spend.split())
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "walletctl", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert shown.returncode == 0, shown
+    script = shown.stdout
+    assert "_WALLETCTL_COMPLETE" in script
+    for words, cword, expected in (
+        ("walletctl to", "1", "topup"),
+        ("walletctl audit --by", "2", "--by-actor"),
+    ):
+        completed = subprocess.run(
+            [sys.executable, "-c", "from walletctl.cli.entry import main; main()"],
+            env={
+                **os.environ,
+                "_WALLETCTL_COMPLETE": "complete_bash",
+                "COMP_WORDS": words,
+                "COMP_CWORD": cword,
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert expected in completed.stdout.split(), completed

@@ -177,7 +177,7 @@ def test_global_reads_add_up_the_partitions(proxy_cli: Cli, clean_cluster: Clust
         proxy_cli("topup", f"u{n}", str(100 + n), "--reason", "order")
         proxy_cli("spend", f"u{n}", "10")
     proxy_cli("bonus", "u0", "5", "--reason", "promo")
-    treasury = json.loads(proxy_cli("balance", "--treasury", "--json").stdout)
+    treasury = json.loads(proxy_cli("balance", "--treasury", "--json").stdout)["assets"]
     outstanding = sum(100 + n - 10 for n in range(12)) + 5
     gold = next(row for row in treasury if row["asset"] == "GOLD")
     assert gold["outstanding"] == outstanding
@@ -368,7 +368,7 @@ def test_the_proxy_gives_a_role_nothing_its_partitions_do_not(
 def test_export_through_the_proxy_streams_each_partition_as_one_file(
     proxy_cli: Cli, clean_cluster: ClusterUrls, tmp_path: Path
 ) -> None:
-    from walletctl.core.export import TREASURY_ACCOUNT, account_name
+    from walletctl.core.export import COUNTER_ACCOUNTS, account_name
 
     from .test_finance import _beancount_balances, _hledger_balances
 
@@ -384,8 +384,10 @@ def test_export_through_the_proxy_streams_each_partition_as_one_file(
     assert len(lines) - 1 == 2 * 24  # every entry of every partition
     as_jsonl = proxy_cli("export", "--format", "jsonl")
     assert len(as_jsonl.stdout.splitlines()) == 2 * 24
-    expected = {(account_name(user), "GOLD"): amount for user, amount in held.items()}
-    expected[(TREASURY_ACCOUNT, "GOLD")] = -sum(held.values())
+    # The chart of accounts (README "Exports"): users' accounts are liabilities.
+    expected = {(account_name(user), "GOLD"): -amount for user, amount in held.items()}
+    expected[(COUNTER_ACCOUNTS["topup"], "GOLD")] = sum(held.values()) + 5 * len(held)
+    expected[(COUNTER_ACCOUNTS["spend"], "GOLD")] = -5 * len(held)
     for fmt, reader in (("ledger", _hledger_balances), ("beancount", _beancount_balances)):
         path = tmp_path / f"cluster.{fmt}"
         result = proxy_cli("export", "--format", fmt, "--output", str(path))
@@ -400,7 +402,8 @@ def test_seal_through_the_proxy_seals_every_partition(
         proxy_cli("topup", f"u{n}", "100")
     sealed = proxy_cli("seal", "--json")
     assert sealed.exit_code == 0, sealed.output
-    assert [row["checkpoint"] for row in json.loads(sealed.stdout)] == [1] * CLUSTER_PARTITIONS
+    partitions = json.loads(sealed.stdout)["partitions"]
+    assert [row["checkpoint"] for row in partitions] == [1] * CLUSTER_PARTITIONS
     counts = _partition_rows(clean_cluster, "SELECT count(*) FROM seal_checkpoints")
     assert [rows[0][0] for rows in counts] == [1] * CLUSTER_PARTITIONS
     proxy_cli("topup", "u0", "1")
@@ -466,3 +469,25 @@ def test_a_partition_that_is_down_stops_only_its_users(
                 (original,),
             )
             su.execute("UPDATE plproxy.walletctl_config_version SET version = version + 1")
+
+
+def test_the_cluster_commands_in_every_format(clean_cluster: ClusterUrls, ops_role: str) -> None:
+    """The output contract (tests/test_output_contract.py) for the cluster group, which
+    needs a cluster: create again (idempotent) and status, in every format."""
+    from walletctl.cli.output import FORMAT_NAMES
+
+    from .test_output_contract import _check
+
+    superuser = Cli(clean_cluster.proxy)
+    ops = Cli(with_user(clean_cluster.proxy, ops_role))
+    partitions = ",".join(clean_cluster.partitions)
+    for fmt in FORMAT_NAMES:
+        created = superuser(
+            "cluster", "create", "--proxy", clean_cluster.proxy, "--partitions", partitions,
+            "--format", fmt,
+        )  # fmt: skip
+        assert created.exit_code == 0, created.output
+        _check(fmt, created.stdout)
+        status = ops("cluster", "status", "--format", fmt)
+        assert status.exit_code == 0, status.output
+        _check(fmt, status.stdout)

@@ -54,7 +54,7 @@ def test_four_eyes_through_the_cli(as_: dict[str, Cli], people: dict[str, str], 
     filed = op("topup", "bob", "5000", "--key", "big", "--yes", "--json")
     assert filed.exit_code == 0, filed.output
     request = json.loads(filed.stdout)
-    first = str(request["id"])  # the dry run used an id too: sequences do not roll back
+    first = str(request["request_id"])  # the dry run used an id too: sequences do not roll back
     assert f"request {first} created, awaiting approval" in filed.stderr
     assert request["status"] == "pending"
     assert db.execute("SELECT count(*) FROM transactions").fetchone() == (0,)
@@ -64,7 +64,7 @@ def test_four_eyes_through_the_cli(as_: dict[str, Cli], people: dict[str, str], 
     own = op("request", "approve", first)
     assert own.exit_code == 10, own.output  # an operator is not an approver
     listed = approver("request", "list", "--status", "pending", "--json")
-    assert [str(json.loads(line)["id"]) for line in listed.stdout.splitlines()] == [first]
+    assert [str(json.loads(line)["request_id"]) for line in listed.stdout.splitlines()] == [first]
 
     preview = approver("request", "approve", first, "--dry-run")
     assert preview.exit_code == 0 and "would post" in preview.stderr
@@ -87,7 +87,9 @@ def test_four_eyes_through_the_cli(as_: dict[str, Cli], people: dict[str, str], 
         people["op"],
         people["approver"],
     )
-    second = str(json.loads(op("topup", "bob", "2000", "-k", "big-2", "--json").stdout)["id"])
+    second = str(
+        json.loads(op("topup", "bob", "2000", "-k", "big-2", "--json").stdout)["request_id"]
+    )
     assert approver("request", "reject", second).exit_code == 2  # --reason required
     rejected = approver("request", "reject", second, "--reason", "duplicate")
     assert rejected.exit_code == 0, rejected.output

@@ -107,7 +107,7 @@ def test_invocations_at_the_same_moment_start_one_server(data_dir: Path) -> None
     try:
         results = [process.communicate(timeout=120) for process in processes]
         assert [process.returncode for process in processes] == [0] * 4, results
-        assert all(json.loads(stdout) == [] for stdout, _ in results)
+        assert all(json.loads(stdout) == {"assets": []} for stdout, _ in results)
         server = embedded.running_server(data_dir)
         assert server is not None
         postmasters = subprocess.run(
@@ -138,7 +138,7 @@ def test_the_demo_runs_on_the_embedded_default_once_in_a_database_of_its_own(
         assert second.stdout.count("\tdemo-demo-user-") == 3  # the statement's three rows
         # The ledger walletctl keeps for real work is untouched by the demo.
         assets = run_process("asset", "list", "--json", env=env)
-        assert assets.exit_code == 0 and json.loads(assets.stdout) == []
+        assert assets.exit_code == 0 and json.loads(assets.stdout) == {"assets": []}
         users = run_process("user", "list", "--json", env=env)
         assert users.exit_code == 0 and users.stdout.strip() == ""
     finally:

@@ -163,8 +163,8 @@ def test_a_machine_wide_lock_file_does_not_stop_users_running_servers_side_by_si
         # Both servers up at once, each with its own ledger, run by its own account.
         their_assets = other_user.walletctl("asset", "list", "--json", env=theirs)
         my_assets = run_process("asset", "list", "--json", env=mine)
-        assert [a["code"] for a in json.loads(their_assets.stdout)] == ["GOLD"]
-        assert [a["code"] for a in json.loads(my_assets.stdout)] == ["SILVER"]
+        assert [a["code"] for a in json.loads(their_assets.stdout)["assets"]] == ["GOLD"]
+        assert [a["code"] for a in json.loads(my_assets.stdout)["assets"]] == ["SILVER"]
         pids = {
             name: int(_postmaster_line(Path(env["WALLETCTL_DATA_DIR"]), 0))
             for name, env in (("mine", mine), ("theirs", theirs))

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from walletctl.core import assets, balances, posting, summary
-from walletctl.core.export import TREASURY_ACCOUNT, account_name, export
+from walletctl.core.export import COUNTER_ACCOUNTS, OPENING_ACCOUNT, account_name, export
 from walletctl.core.models import Receipt
 from walletctl.errors import WalletError
 
@@ -97,18 +97,38 @@ def random_ledger(conn: Conn, seed: int, operations: int = 400) -> list[Receipt]
     return posted
 
 
-def walletctl_balances(conn: Conn) -> dict[tuple[str, str], int]:
-    """(account in the journal formats, asset) -> balance, as walletctl knows it."""
+def walletctl_balances(conn: Conn, since: Any = None) -> dict[tuple[str, str], int]:
+    """(account in the journal formats, asset) -> balance, as walletctl knows it, by the
+    chart of accounts (README "Exports"): a user's account is a liability, so it holds
+    minus what the user holds; each kind's account holds what postings of that kind (net of
+    their reversals) did to users' balances since ``since``; with ``since`` the opening
+    balances' account holds what users held then."""
     found: dict[tuple[str, str], int] = {}
     for user, asset, amount in conn.execute(
         "SELECT a.external_id, s.code, b.balance FROM balances b "
         "JOIN accounts a ON a.id = b.account_id JOIN asset_types s ON s.id = b.asset_id"
     ):
         if amount:
-            found[(account_name(user), asset)] = int(amount)
-    for row in balances.outstanding(conn):
-        if row.treasury_balance:
-            found[(TREASURY_ACCOUNT, row.asset)] = row.treasury_balance
+            found[(account_name(user), asset)] = -int(amount)
+    for kind, asset, amount in conn.execute(
+        "SELECT coalesce(target.kind, t.kind), s.code, sum(e.amount) FROM transactions t "
+        "JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = t.account_id "
+        "JOIN asset_types s ON s.id = t.asset_id "
+        "LEFT JOIN transactions target ON target.id = t.reverses "
+        "WHERE %(since)s::timestamptz IS NULL OR t.created_at >= %(since)s GROUP BY 1, 2",
+        {"since": since},
+    ):
+        if amount:
+            found[(COUNTER_ACCOUNTS[kind], asset)] = int(amount)
+    if since is not None:
+        for asset, amount in conn.execute(
+            "SELECT s.code, sum(e.amount) FROM ledger_entries e "
+            "JOIN asset_types s ON s.id = e.asset_id "
+            "WHERE e.account_id <> 0 AND e.created_at < %s GROUP BY 1",
+            (since,),
+        ):
+            if amount:
+                found[(OPENING_ACCOUNT, asset)] = int(amount)
     return found
 
 
@@ -243,7 +263,7 @@ def test_hledger_and_beancount_agree_with_walletctl(conn: Conn, tmp_path: Path, 
 def test_a_period_export_opens_with_the_balances_before_it(conn: Conn, tmp_path: Path) -> None:
     posted = random_ledger(conn, seed=3, operations=200)
     since = posted[len(posted) // 2].created_at
-    expected = walletctl_balances(conn)
+    expected = walletctl_balances(conn, since)
     for fmt, reader in (("ledger", _hledger_balances), ("beancount", _beancount_balances)):
         path = tmp_path / f"period.{fmt}"
         with path.open("w", encoding="utf-8") as out:
@@ -259,17 +279,28 @@ def test_csv_and_jsonl_exports_carry_every_entry(conn: Conn) -> None:
     as_csv, as_jsonl = io.StringIO(), io.StringIO()
     assert export(conn, as_csv, "csv") == entries[0]  # type: ignore[index]
     assert export(conn, as_jsonl, "jsonl") == entries[0]  # type: ignore[index]
-    from_csv: dict[tuple[str, str], int] = defaultdict(int)
-    for row in csv.DictReader(io.StringIO(as_csv.getvalue())):
-        name = TREASURY_ACCOUNT if row["account"] == "Treasury" else account_name(row["user"])
-        from_csv[(name, row["asset"])] += int(row["amount"])
-    from_jsonl: dict[tuple[str, str], int] = defaultdict(int)
-    for line in as_jsonl.getvalue().splitlines():
-        record = json.loads(line)
-        name = TREASURY_ACCOUNT if record["account"] == "Treasury" else account_name(record["user"])
-        from_jsonl[(name, record["asset"])] += record["amount"]
-    assert {k: v for k, v in from_csv.items() if v} == expected
-    assert {k: v for k, v in from_jsonl.items() if v} == expected
+    # The user's side, signed as the journals sign a liability; the Treasury's side is the
+    # kinds' accounts together.
+    held = {key: value for key, value in expected.items() if key[0].startswith("Liabilities:")}
+    treasury: dict[str, int] = defaultdict(int)
+    for (account, asset), value in expected.items():
+        if not account.startswith("Liabilities:"):
+            treasury[asset] -= value
+    for records in (
+        list(csv.DictReader(io.StringIO(as_csv.getvalue()))),
+        [json.loads(line) for line in as_jsonl.getvalue().splitlines()],
+    ):
+        users: dict[tuple[str, str], int] = defaultdict(int)
+        treasury_seen: dict[str, int] = defaultdict(int)
+        for record in records:
+            if record["account"] == "Treasury":
+                treasury_seen[record["asset"]] += int(record["amount"])
+            else:
+                users[(account_name(record["user"]), record["asset"])] -= int(record["amount"])
+        assert {k: v for k, v in users.items() if v} == held
+        assert {k: v for k, v in treasury_seen.items() if v} == {
+            k: v for k, v in treasury.items() if v
+        }
 
 
 def test_export_cli_writes_a_file_whole(clean_db: str, tmp_path: Path) -> None:

@@ -3,48 +3,29 @@
 from __future__ import annotations
 
 from contextlib import suppress
-from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
 
-from walletctl import conninfo
-from walletctl.cli import options, output
-from walletctl.cli.app import app, state
+from walletctl.cli import options, views
+from walletctl.cli.app import state
 from walletctl.cli.exit_codes import ExitCode
+from walletctl.cli.formats import prints
+from walletctl.cli.groups import ADMIN, asset_app, command, db_app, user_app
+from walletctl.cli.output import Format, Listing, Output, Record
+from walletctl.cli.paging import Page
 
-Column = output.Column
 
-asset_app = typer.Typer(help="Asset types (GOLD, POINTS, ...).", no_args_is_help=False)
-user_app = typer.Typer(help="The users the ledger knows.")
-db_app = typer.Typer(help="The database: schema, status, the embedded server.")
-app.add_typer(asset_app, name="asset")
-app.add_typer(user_app, name="user")
-app.add_typer(db_app, name="db")
-
-ASSET_COLUMNS = (Column("code", "Code"), Column("name", "Name"), Column("created_at", "Created"))
-USER_COLUMNS = (
-    Column("user", "User"),
-    Column("created_at", "Created"),
-    Column("balances", "Balances"),
-    Column("entries", "Entries", numeric=True),
-    Column("frozen", "Frozen"),
+@command(
+    "add",
+    "Add an asset type: CODE is 1-24 of A-Z, 0-9, _, starting with a letter.",
+    exits=(ExitCode.CONFLICT,),
+    on=asset_app,
 )
-
-
-def _require_subcommand(ctx: typer.Context) -> None:
-    if ctx.invoked_subcommand is None:
-        print(ctx.get_help())
-        raise typer.Exit(ExitCode.INVALID_INPUT)
-
-
-for group in (asset_app, user_app, db_app):
-    group.callback(invoke_without_command=True)(_require_subcommand)
-
-
-@asset_app.command("add", help="Add an asset type: CODE is 1-32 of A-Z, 0-9, _.")
+@prints()
 def asset_add(
     ctx: typer.Context,
+    out: Output,
     code: Annotated[str, typer.Argument(help="e.g. GOLD", show_default=False)],
     name: Annotated[str, typer.Argument(help="e.g. 'Gold Coins'", show_default=False)],
     if_not_exists: Annotated[
@@ -54,12 +35,10 @@ def asset_add(
             help="An asset with this code already there is fine (exit 0, left unchanged).",
         ),
     ] = False,
-    json_output: options.JsonOption = False,
 ) -> None:
     from walletctl.core import assets
     from walletctl.errors import AlreadyExists
 
-    out = output.Output(output.choose_mode(json_output=json_output))
     title = "Asset added"
     with state(ctx).connection() as conn:
         try:
@@ -69,110 +48,141 @@ def asset_add(
                 raise
             asset = next(a for a in assets.list_assets(conn) if a.code == code)
             title = "Asset already there"
-            output.message(f"asset {code} already exists (named {asset.name!r}); left unchanged")
-    out.record(
-        {"code": asset.code, "name": asset.name, "created_at": asset.created_at},
-        title=title,
-    )
+            out.env.message(f"asset {code} already exists (named {asset.name!r}); left unchanged")
+    out.committed(Record(views.asset(asset), title=title))
 
 
-@asset_app.command("list", help="List the asset types.")
-def asset_list(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
+@command("list", "List the asset types.", on=asset_app)
+@prints(output_file=True)
+def asset_list(ctx: typer.Context, out: Output) -> None:
     from walletctl.core import assets
 
-    out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).connection() as conn:
         found = assets.list_assets(conn)
-    out.table(
-        [{"code": a.code, "name": a.name, "created_at": a.created_at} for a in found],
-        ASSET_COLUMNS,
-        title="Assets",
+    out.listing(
+        Listing([views.asset(a) for a in found], views.ASSET_COLUMNS, title="Assets", name="assets")
     )
 
 
-def _user_row(summary: Any, *, structured: bool) -> dict[str, Any]:
-    balances: Any = dict(summary.balances)
-    if not structured:
-        balances = ", ".join(f"{code} {amount}" for code, amount in summary.balances)
-    return {
-        "user": summary.user_id,
-        "created_at": summary.created_at,
-        "balances": balances,
-        "entries": summary.transactions,
-        "frozen": summary.frozen,
-    }
-
-
-@user_app.command("list", help="List users with their balances, by user id.")
+@command(
+    "list",
+    "List users with their balances (a column per asset): by user id, or newest first.",
+    exits=(ExitCode.NOT_FOUND, ExitCode.STANDBY_BEHIND),
+    on=user_app,
+)
+@prints(output_file=True, pager=True)
 def user_list(
     ctx: typer.Context,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="At most this many.", show_default=False)
-    ] = None,
+    out: Output,
+    limit: options.LimitOption = None,
+    every_user: options.AllOption = False,
+    newest_first: options.NewestFirstOption = False,
     after: Annotated[
         str | None,
-        typer.Option("--after", help="Start after this user id (paging).", show_default=False),
+        typer.Option(
+            "--after", help="Start after this user id (the next page).", show_default=False
+        ),
     ] = None,
-    json_output: options.JsonOption = False,
-    csv_output: options.CsvOption = False,
-    raw_csv: options.RawCsvOption = False,
 ) -> None:
-    from walletctl.core import users
+    from walletctl.core import assets, users
 
-    out = output.Output(
-        output.choose_mode(json_output=json_output, csv_output=csv_output, raw_csv=raw_csv)
-    )
+    limit = options.row_limit(limit, every_user, table=out.format is Format.TABLE)
+    structured = out.format in (Format.JSON, Format.JSONL)
     with state(ctx).read_connection() as conn:
-        out.table(
-            (
-                _user_row(s, structured=json_output)
-                for s in users.list_users(conn, limit=limit, after=after)
-            ),
-            USER_COLUMNS,
-            title="Users",
-            json_lines=True,
+        codes = [found.code for found in assets.list_assets(conn)]
+        total = users.count_users(conn)
+        found = users.list_users(
+            conn, limit=Page.fetch(limit), after=after, newest_first=newest_first
+        )
+        page = Page(
+            ((views.user if structured else views.user_row)(summary) for summary in found),
+            limit,
+            "user",
+        )
+        out.listing(
+            Listing(
+                page,
+                (*views.USER_COLUMNS, *views.asset_columns(codes)),
+                title="Users (newest first)" if newest_first else "Users",
+                name="users",
+                meta=lambda: {"total": total, "next_after": page.next_after},
+                note=lambda: page.note("users", total),
+                streams=True,
+            )
         )
 
 
-@user_app.command("show", help="One user: balances and number of entries.")
+@command(
+    "show",
+    "One user: balances, number of entries, frozen or not.",
+    exits=(ExitCode.NOT_FOUND, ExitCode.STANDBY_BEHIND),
+    on=user_app,
+)
+@prints()
 def user_show(
     ctx: typer.Context,
+    out: Output,
     user: Annotated[str, typer.Argument(help="The user's id.", show_default=False)],
-    json_output: options.JsonOption = False,
 ) -> None:
     from walletctl.core import users
 
-    out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).read_connection() as conn:
         summary = users.show_user(conn, user)
-    out.record(_user_row(summary, structured=json_output), title=f"User {user}")
+    view = views.user(summary)
+    out.document(
+        Record(
+            {k: v for k, v in view.items() if k != "balances"},
+            title=f"User {user}",
+            numeric=("entries",),
+        ),
+        Listing(
+            view["balances"], views.BALANCE_COLUMNS, title=f"Balances of {user}", name="balances"
+        ),
+    )
 
 
-@db_app.command("upgrade", help="Run the schema migrations up to this walletctl's head.")
-def db_upgrade(ctx: typer.Context) -> None:
+@command(
+    "upgrade",
+    "Run the schema migrations up to this walletctl's head (a superuser, or a member of "
+    "walletctl_owner).",
+    on=db_app,
+)
+@prints()
+def db_upgrade(ctx: typer.Context, out: Output) -> None:
     from walletctl import database, migrate
 
-    url = database.target_url(state(ctx).target(), output.message)
+    url = database.target_url(state(ctx).target(), out.env.message)
     with database.open_connection(url) as conn:
         before = database.schema_state(conn).revision
     migrate.upgrade(url)
     if before == database.SCHEMA_HEAD:
-        output.message(f"schema already at head ({database.SCHEMA_HEAD})")
+        out.env.message(f"schema already at head ({database.SCHEMA_HEAD})")
     else:
-        output.message(f"schema upgraded from {before or 'empty'} to {database.SCHEMA_HEAD}")
+        out.env.message(f"schema upgraded from {before or 'empty'} to {database.SCHEMA_HEAD}")
+    out.committed(
+        Record(
+            {
+                "schema_before": before,
+                "schema_revision": database.SCHEMA_HEAD,
+                "upgraded": before != database.SCHEMA_HEAD,
+            },
+            title="Schema",
+        )
+    )
 
 
-@db_app.command(
+@command(
     "status",
-    help="Which database and why (option, environment, config file, PG* variables or the "
-    "embedded default), the server it reached, schema revision vs head, server version, "
-    "and the read server with its lag when one is configured. Never prints a password.",
+    "Which database and why (option, environment, config file, PG* variables or the "
+    "embedded default), the server it reached, schema revision vs head, server version, and "
+    "the read server with its lag when one is configured. Never prints a password.",
+    on=db_app,
 )
-def db_status(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
-    from walletctl import database, embedded
+@prints()
+def db_status(ctx: typer.Context, out: Output) -> None:
+    from walletctl import conninfo, database, embedded
     from walletctl.roles import deployment_risks, function_drift
 
-    out = output.Output(output.choose_mode(json_output=json_output))
     target = state(ctx).target()
     status: dict[str, Any] = {
         "source": target.source,
@@ -193,8 +203,8 @@ def db_status(ctx: typer.Context, json_output: options.JsonOption = False) -> No
         status["running"] = server is not None
         if server is None:
             status["server_version"] = embedded.server_version(target.data_dir)
-            out.record(status, title="walletctl database")
-            output.message("the embedded server is not running; any command starts it")
+            out.record(Record(status, title="walletctl database"))
+            out.env.message("the embedded server is not running; any command starts it")
             return
         url = server.url()
     assert url is not None
@@ -214,11 +224,11 @@ def db_status(ctx: typer.Context, json_output: options.JsonOption = False) -> No
     read = state(ctx).read_target()
     if read is not None:
         status["read"] = _read_status(read)
-    out.record(status, title="walletctl database")
+    out.record(Record(status, title="walletctl database"))
     for risk in risks:
-        output.message(f"warning: {risk} (README: Deploying with least privilege)")
+        out.env.message(f"warning: {risk} (README: Deploying with least privilege)")
     if drift:
-        output.message(
+        out.env.message(
             f"{len(drift)} function(s) differ from this walletctl's SQL at the same revision "
             f"({', '.join(drift)}): someone replaced them, or this walletctl is another build"
         )
@@ -244,12 +254,6 @@ def _read_status(read: Any) -> dict[str, Any]:
     return shown
 
 
-MEMBERSHIP_COLUMNS = (
-    Column("login_role", "Role"),
-    Column("kind", "walletctl role"),
-    Column("can_login", "Can log in"),
-    Column("superuser", "Superuser"),
-)
 KindOption = Annotated[
     str,
     typer.Option(
@@ -260,53 +264,93 @@ KindOption = Annotated[
 ]
 
 
-@db_app.command(
+@command(
     "roles",
-    help="Create or update walletctl's group roles and this database's privileges "
+    "Create or update walletctl's group roles and this database's privileges "
     "(idempotent; a superuser or CREATEROLE the first time), then list who holds them.",
+    on=db_app,
 )
-def db_roles(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
+@prints()
+def db_roles(ctx: typer.Context, out: Output) -> None:
     from walletctl import roles
 
-    out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).connection(admin=True) as conn:
         roles.ensure_roles(conn)
         members = roles.memberships(conn)
         risks = roles.deployment_risks(conn)
-    output.message(f"roles and privileges are up to date ({', '.join(roles.GROUP_ROLES)})")
+    out.env.message(f"roles and privileges are up to date ({', '.join(roles.GROUP_ROLES)})")
     for risk in risks:
-        output.message(f"warning: {risk} (README: Deploying with least privilege)")
-    out.table([asdict(member) for member in members], MEMBERSHIP_COLUMNS, title="walletctl roles")
+        out.env.message(f"warning: {risk} (README: Deploying with least privilege)")
+    out.listing(
+        Listing(
+            [views.membership(member) for member in members],
+            views.MEMBERSHIP_COLUMNS,
+            title="walletctl roles",
+            name="memberships",
+        )
+    )
 
 
-@db_app.command("grant", help="Make a login role a member of walletctl_KIND.")
-def db_grant(ctx: typer.Context, login_role: str, kind: KindOption) -> None:
-    from walletctl import roles
+def _role_change(granted: bool) -> None:
+    verb = "grant" if granted else "revoke"
 
-    with state(ctx).connection(admin=True) as conn:
-        roles.grant(conn, login_role, kind)  # type: ignore[arg-type]
-    output.message(f"granted walletctl_{kind} to {login_role}")
+    @prints()
+    def change(
+        ctx: typer.Context,
+        out: Output,
+        login_role: Annotated[str, typer.Argument(help="A login role.", show_default=False)],
+        kind: KindOption,
+    ) -> None:
+        from walletctl import roles
+
+        with state(ctx).connection(admin=True) as conn:
+            (roles.grant if granted else roles.revoke)(conn, login_role, kind)  # type: ignore[arg-type]
+        out.env.message(
+            f"granted walletctl_{kind} to {login_role}"
+            if granted
+            else f"revoked walletctl_{kind} from {login_role}"
+        )
+        out.committed(
+            Record(
+                {"login_role": login_role, "kind": kind, "member": granted},
+                title=f"walletctl_{kind}",
+            )
+        )
+
+    change.__name__ = f"db_{verb}"
+    command(
+        verb,
+        "Make a login role a member of walletctl_KIND."
+        if granted
+        else "Take walletctl_KIND away from a login role.",
+        exits=(ExitCode.NOT_FOUND,),
+        on=db_app,
+    )(change)
 
 
-@db_app.command("revoke", help="Take walletctl_KIND away from a login role.")
-def db_revoke(ctx: typer.Context, login_role: str, kind: KindOption) -> None:
-    from walletctl import roles
-
-    with state(ctx).connection(admin=True) as conn:
-        roles.revoke(conn, login_role, kind)  # type: ignore[arg-type]
-    output.message(f"revoked walletctl_{kind} from {login_role}")
+_role_change(True)
+_role_change(False)
 
 
-@db_app.command("stop", help="Stop the embedded server (a server named by URL is left alone).")
-def db_stop(ctx: typer.Context) -> None:
+@command(
+    "stop",
+    "Stop the embedded server (a server named by URL is left alone).",
+    on=db_app,
+    database=False,
+)
+@prints()
+def db_stop(ctx: typer.Context, out: Output) -> None:
     from walletctl import embedded
     from walletctl.config import default_data_dir
 
     data_dir = state(ctx).settings.data_dir or default_data_dir()
-    if embedded.stop(data_dir):
-        output.message(f"stopped the embedded server in {embedded.pgdata_path(data_dir)}")
+    stopped = embedded.stop(data_dir)
+    where = embedded.pgdata_path(data_dir)
+    if stopped:
+        out.env.message(f"stopped the embedded server in {where}")
     else:
-        output.message(f"the embedded server in {embedded.pgdata_path(data_dir)} was not running")
+        out.env.message(f"the embedded server in {where} was not running")
+    out.record(Record({"data_dir": str(where), "was_running": stopped}, title="Embedded server"))
 
 
 DEMO_DATABASE = "walletctl_demo"
@@ -314,15 +358,20 @@ DEMO_DATABASE = "walletctl_demo"
 walletctl keeps for real work."""
 
 
-@app.command(
-    help="Show the main job end to end: a top-up, a bonus and a spend for a sample "
+@command(
+    "demo",
+    "Show the main job end to end: a top-up, a bonus and a spend for a sample "
     "user, then the balance, the statement and the reconcile table. With the embedded "
     f"server it uses a database of its own ({DEMO_DATABASE}); pointed at a configured "
     "server it refuses unless --yes. Its postings have fixed keys: a second run replays "
-    "them instead of posting again."
+    "them instead of posting again.",
+    exits=(ExitCode.REFUSED, ExitCode.RECONCILE_FAILED),
+    panel=ADMIN,
 )
+@prints()
 def demo(
     ctx: typer.Context,
+    out: Output,
     user: Annotated[str, typer.Option("--user", help="The sample user.")] = "demo-user",
     yes: Annotated[
         bool,
@@ -335,18 +384,12 @@ def demo(
     ] = False,
 ) -> None:
     from walletctl import database
-    from walletctl.cli.finance_commands import show_reconcile_report
-    from walletctl.cli.report_commands import (
-        BALANCE_COLUMNS,
-        STATEMENT_COLUMNS,
-        balance_rows,
-        statement_rows,
-    )
     from walletctl.core import assets, balances, history, posting
     from walletctl.core.reconcile import reconcile
     from walletctl.errors import AlreadyExists, Refused
 
-    target = state(ctx).target()
+    current = state(ctx)
+    target = current.target()
     if not target.embedded and not yes:
         assert target.url is not None
         raise Refused(
@@ -354,56 +397,49 @@ def demo(
             f"{target.source}), where they can never be deleted; run it on the embedded "
             "server (no URL configured) or confirm with --yes"
         )
-    out = output.Output(output.choose_mode())
     actor = options.on_behalf_of(None)
-    with database.connect(target, output.message, embedded_database=DEMO_DATABASE) as conn:
+    steps = (
+        ("topup", 500, "demo purchase"),
+        ("bonus", 50, "demo welcome bonus"),
+        ("spend", 120, "demo purchase in the app"),
+    )
+    with database.connect(target, current.env.message, embedded_database=DEMO_DATABASE) as conn:
         with suppress(AlreadyExists):
             assets.add_asset(conn, "GOLD", "Gold Coins")
-        for receipt in (
-            posting.topup(
+        receipts = []
+        for kind, amount, reason in steps:
+            receipt = posting.post(
                 conn,
+                kind,  # type: ignore[arg-type]
                 user,
-                500,
+                amount,
                 asset="GOLD",
-                idempotency_key=f"demo-{user}-topup",
+                idempotency_key=f"demo-{user}-{kind}",
                 on_behalf_of=actor,
-                reason="demo purchase",
-            ),
-            posting.bonus(
-                conn,
-                user,
-                50,
-                asset="GOLD",
-                idempotency_key=f"demo-{user}-bonus",
-                on_behalf_of=actor,
-                reason="demo welcome bonus",
-            ),
-            posting.spend(
-                conn,
-                user,
-                120,
-                asset="GOLD",
-                idempotency_key=f"demo-{user}-spend",
-                on_behalf_of=actor,
-                reason="demo purchase in the app",
-            ),
-        ):
+                reason=reason,
+            )
             done = "already posted by an earlier demo" if receipt.replayed else "posted"
-            output.message(
+            current.env.message(
                 f"{receipt.kind} of {receipt.amount} GOLD {done}: transaction "
                 f"{receipt.transaction_id}, balance {receipt.balance_after}"
             )
-        out.table(
-            balance_rows(balances.balances(conn, user)),
-            BALANCE_COLUMNS,
-            title=f"Balances of {user}",
-        )
-        out.table(
-            statement_rows(history.statement(conn, user)),
-            STATEMENT_COLUMNS,
-            title=f"Statement of {user}",
-        )
+            receipts.append(views.receipt(receipt))
+        held = [views.balance(b) for b in balances.balances(conn, user)]
+        lines = [views.statement_line(line) for line in history.statement(conn, user)]
         report = reconcile(conn)
-    show_reconcile_report(out, report)
+    out.sections(
+        [
+            Listing(held, views.BALANCE_COLUMNS, title=f"Balances of {user}", name="balances"),
+            Listing(lines, views.STATEMENT_COLUMNS, title=f"Statement of {user}", name="entries"),
+            Listing(
+                views.checks(report),
+                views.CHECK_COLUMNS,
+                title="Reconcile: the whole ledger",
+                name="checks",
+                styles=views.CHECK_STYLES,
+            ),
+        ],
+        meta={"receipts": receipts, "passed": report.passed},
+    )
     if not report.passed:
         raise typer.Exit(ExitCode.RECONCILE_FAILED)

@@ -1,12 +1,15 @@
-"""The Typer application: global options, and the one place errors become exit codes.
+"""The Typer application: global options, the help, and the one place errors become exit
+codes.
 
-Commands live in the modules imported at the bottom; each parses its options, calls the
-core, and hands the result to walletctl.cli.output. None of them prints an error or picks
-an exit code itself: they raise walletctl's typed errors and WalletctlGroup.main maps them.
+Commands live in the modules imported at the bottom (registered through
+walletctl.cli.groups); each parses its options, calls the core, and hands views
+(walletctl.cli.views) to its ``Output``. None of them prints an error or picks an exit
+code itself: they raise walletctl's typed errors and WalletctlGroup.main maps them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,8 +23,9 @@ import typer
 from typer.core import TyperGroup
 
 from walletctl import __version__
-from walletctl.cli import output
-from walletctl.cli.exit_codes import EXIT_CODE_HELP, ExitCode, exit_code_for
+from walletctl.cli import env as environment
+from walletctl.cli.env import Environment
+from walletctl.cli.exit_codes import EXIT_CODE_HELP, ExitCode, error_name, exit_code_for
 from walletctl.errors import InvalidInput, WalletError
 
 if TYPE_CHECKING:
@@ -34,11 +38,18 @@ if TYPE_CHECKING:
 # reports the loss itself, in one line (Python would print the warning to stderr too).
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
-EPILOG = "Exit codes:\n\n" + EXIT_CODE_HELP.replace("\n", "\n\n")
+EPILOG = (
+    "Exit codes (each command's --help lists its own):\n\n\b\n"
+    + EXIT_CODE_HELP
+    + "\n\nA reader that closes the pipe early (walletctl user list | head) ends walletctl "
+    "quietly with exit 0."
+)
+PANEL_ORDER = ("Posting", "Reports", "Finance", "Admin")
 
 
 class WalletctlGroup(TyperGroup):
-    """Runs the command and turns whatever it raised into one line and an exit code."""
+    """Runs the command and turns whatever it raised into one line (or one JSON object)
+    on stderr and an exit code."""
 
     def main(  # type: ignore[override]
         self,
@@ -48,44 +59,108 @@ class WalletctlGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        given = extra.pop("obj", None)
+        env = environment.use(given if isinstance(given, Environment) else Environment())
+        arguments = list(sys.argv[1:] if args is None else args)
+        env.errors_as_json = _asks_for_json(arguments)
         try:
             result = super().main(
-                args=args,
+                args=arguments,
                 prog_name=prog_name or "walletctl",
                 complete_var=complete_var,
                 standalone_mode=False,
+                obj=State(env=env),
                 **extra,
             )
             code = result if isinstance(result, int) else ExitCode.OK
+            env.out.flush()
+        except (BrokenPipeError, ReaderWentAway):
+            code = _reader_went_away(env)
         except WalletError as exc:
-            output.error(str(exc))
-            code = exit_code_for(exc)
+            code = _fail(env, exit_code_for(exc), str(exc))
         except typer.Abort:
-            output.error("aborted; nothing was posted")
-            code = ExitCode.REFUSED
+            code = _fail(env, ExitCode.REFUSED, "aborted; nothing was posted")
         except typer.TyperException as exc:  # usage errors from parsing
-            output.error(_usage_message(exc.format_message()))
-            code = getattr(exc, "exit_code", ExitCode.INVALID_INPUT)
-        except BrokenPipeError:
-            # The reader went away (`walletctl audit alice | head`): not an error.
-            sys.stderr.close()
-            code = ExitCode.OK
+            message = _usage_message(exc.format_message(), arguments)
+            code = _fail(env, ExitCode(getattr(exc, "exit_code", 2) or 2), message)
         except Exception as exc:
             if os.environ.get("WALLETCTL_TRACEBACK"):
                 raise
             lost = _lost_connection(exc)
             if lost is not None:
-                output.error(str(lost))
-                code = exit_code_for(lost)
+                code = _fail(env, exit_code_for(lost), str(lost))
             else:
-                output.error(
+                code = _fail(
+                    env,
+                    ExitCode.UNEXPECTED,
                     f"unexpected {type(exc).__name__}: {exc} "
-                    "(set WALLETCTL_TRACEBACK=1 for details)"
+                    "(set WALLETCTL_TRACEBACK=1 for details)",
                 )
-                code = ExitCode.UNEXPECTED
         if standalone_mode:
             sys.exit(int(code))
         return int(code)
+
+    def invoke(self, ctx: Any) -> Any:
+        # Click turns a broken pipe into exit 1 whatever the mode; it is not a failure here.
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise ReaderWentAway() from None
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """The commands in sections: posting, reports, finance, admin."""
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for name in self.list_commands(ctx):
+            found = self.get_command(ctx, name)
+            if found is None or found.hidden:
+                continue
+            panel = getattr(found, "rich_help_panel", None) or "Other"
+            limit = formatter.width - 6 - len(name)
+            sections.setdefault(panel, []).append((name, found.get_short_help_str(limit)))
+        order = [*PANEL_ORDER, *sorted(set(sections) - set(PANEL_ORDER))]
+        for panel in order:
+            if panel in sections:
+                with formatter.section(panel):
+                    formatter.write_dl(sections[panel])
+
+
+class ReaderWentAway(Exception):
+    """stdout's reader closed the pipe."""
+
+
+def _fail(env: Environment, code: ExitCode, message: str) -> ExitCode:
+    """The one line (or JSON object) an error gets on stderr."""
+    if env.errors_as_json:
+        document = {"error": {"code": int(code), "name": error_name(code), "message": message}}
+        env._write_err(json.dumps(document, ensure_ascii=False))
+    else:
+        env.error_line(message)
+    return code
+
+
+def _reader_went_away(env: Environment) -> ExitCode:
+    """The reader closed the pipe (`walletctl user list | head -1`): that is how it says it
+    has read enough, not an error; like other tools in a `set -o pipefail` script, exit 0.
+    stdout is pointed at /dev/null so that the interpreter's last flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, env.out.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return ExitCode.OK
+
+
+def _asks_for_json(arguments: Sequence[str]) -> bool:
+    """Errors are JSON when the command line asks for JSON output, even an error found
+    while the command line itself is parsed."""
+    for index, argument in enumerate(arguments):
+        if argument == "--":
+            return False
+        if argument == "--json" or argument in ("--format=json", "--format=jsonl"):
+            return True
+        if argument == "--format" and arguments[index + 1 : index + 2] in (["json"], ["jsonl"]):
+            return True
+    return False
 
 
 def _lost_connection(exc: Exception) -> WalletError | None:
@@ -102,14 +177,18 @@ def _lost_connection(exc: Exception) -> WalletError | None:
     return None
 
 
-_NEGATIVE_NUMBER_OPTION = re.compile(r"No such option: (-[0-9][0-9.]*)")
+_UNKNOWN_OPTION = re.compile(r"No such option: (-[0-9][0-9.,_]*)")
 
 
-def _usage_message(message: str) -> str:
-    # A negative amount reaches the parser as an unknown option ("-5"); say what it is.
-    negative = _NEGATIVE_NUMBER_OPTION.match(message)
+def _usage_message(message: str, arguments: Sequence[str]) -> str:
+    # A negative amount reaches the parser as short options ("-123" is -1 -2 -3, and the
+    # parser names the first): say what it is, quoting the argument as it was typed.
+    negative = _UNKNOWN_OPTION.match(message)
     if negative:
-        return f"amounts and ids must be positive, got {negative.group(1)}"
+        typed = next(
+            (arg for arg in arguments if arg.startswith(negative.group(1))), negative.group(1)
+        )
+        return f"amounts and ids must be positive, got {typed}"
     return f"{message} (see --help)"
 
 
@@ -117,6 +196,7 @@ def _usage_message(message: str) -> str:
 class State:
     """What the root options decided, shared with every command through ctx.obj."""
 
+    env: Environment = field(default_factory=environment.current)
     database_url: str | None = None
     read_url: str | None = None
     primary: bool = False
@@ -165,7 +245,7 @@ class State:
 
         with connect(
             self.target(),
-            output.message,
+            self.env.message,
             admin=admin,
             prepared_statements=self.settings.prepared_statements,
         ) as conn:
@@ -188,7 +268,7 @@ class State:
         from walletctl.database import connect
 
         with connect(
-            read, output.message, prepared_statements=self.settings.prepared_statements
+            read, self.env.message, prepared_statements=self.settings.prepared_statements
         ) as conn:
             server = replica.measure(conn)
             replica.require_within(server, self.max_lag)
@@ -196,11 +276,23 @@ class State:
             yield conn
 
     def announce_read_server(self, server: ReadServer) -> None:
-        """The one place a report says where it read: a line on stderr, and a ``read_from``
-        object in every JSON object it prints."""
+        """The one place a report says where it read: a note on stderr (even under
+        --quiet), and a ``read_from`` object in its --format json document."""
         self.read_from = server
-        output.message(server.describe())
-        output.annotate_json("read_from", server.to_json())
+        self.env.notice(server.describe())
+        self.env.report_fields["read_from"] = server.to_json()
+
+    def confirmation(self) -> Any:
+        """The confirmation policy (walletctl.core.confirmation) with this run's threshold."""
+        from walletctl.core.confirmation import ConfirmationPolicy
+
+        return ConfirmationPolicy(self.settings.confirm_above)
+
+    def asker(self) -> Any:
+        """Who can answer a confirmation: the person at the terminal, if stdin is one."""
+        if not self.env.stdin_isatty:
+            return None
+        return lambda question: typer.confirm(question, err=True)
 
 
 def state(ctx: typer.Context) -> State:
@@ -214,7 +306,7 @@ app = typer.Typer(
     name="walletctl",
     help="Administer a closed-loop wallet kept as a double-entry ledger in PostgreSQL.",
     epilog=EPILOG,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     invoke_without_command=True,
@@ -266,20 +358,31 @@ def root(
             show_default=False,
         ),
     ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No messages on stderr (errors are still reported)."),
+    ] = False,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", "-V", callback=_show_version, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
-    output.clear_annotations()
-    ctx.obj = State(database_url=database_url, read_url=read_url, primary=primary, max_lag=max_lag)
+    current = ctx.obj if isinstance(ctx.obj, State) else State()
+    current.database_url = database_url
+    current.read_url = read_url
+    current.primary = primary
+    current.max_lag = max_lag
+    current.env.quiet = quiet
+    ctx.obj = current
     if ctx.invoked_subcommand is None:
-        print(ctx.get_help())
+        current.env.out.write(ctx.get_help() + "\n")
         raise typer.Exit(ExitCode.INVALID_INPUT)
 
 
 def _register_commands() -> None:
-    # Imported for their side effect of adding commands to `app`.
+    # Imported for their side effect of adding commands to `app` (through cli.groups).
     from walletctl.cli import (  # noqa: F401
         admin_commands,
         cluster_commands,

@@ -3,45 +3,36 @@ PL/Proxy (README "Beyond one machine")."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
-from walletctl.cli import options, output
-from walletctl.cli.app import app, state
+from walletctl.cli import views
+from walletctl.cli.app import state
 from walletctl.cli.exit_codes import ExitCode
+from walletctl.cli.formats import prints
+from walletctl.cli.groups import ADMIN, command, group
+from walletctl.cli.output import Listing, Output, Record
 
-if TYPE_CHECKING:
-    from walletctl.cluster.admin import PartitionStatus
-    from walletctl.cluster.topology import Partition
-    from walletctl.core.checkpoints import Checkpoint
-
-cluster_app = typer.Typer(
-    help="A ledger sharded by user: a PL/Proxy proxy database in front of partition databases."
-)
-app.add_typer(cluster_app, name="cluster")
-
-Column = output.Column
-PARTITION_COLUMNS = (
-    Column("partition", "Partition", numeric=True),
-    Column("connstr", "Where"),
-    Column("reachable", "Reachable"),
-    Column("schema_revision", "Schema"),
-    Column("size_bytes", "Size (bytes)", numeric=True),
-    Column("users", "Users", numeric=True),
-    Column("transactions", "Transactions", numeric=True),
-    Column("problem", "Problem"),
+cluster_app = group(
+    "cluster",
+    "A ledger sharded by user: a PL/Proxy proxy database in front of partition databases.",
+    panel=ADMIN,
 )
 
 
-@cluster_app.command(
+@command(
     "create",
-    help="Set up (or check again) a cluster, idempotently: migrate each partition, number "
+    "Set up (or check again) a cluster, idempotently: migrate each partition, number "
     "its transaction ids by its position, install PL/Proxy and walletctl's functions and "
     "roles in the proxy, and point the proxy at the partitions. A superuser's URLs; the "
     "number of partitions is a power of two and never changes.",
+    on=cluster_app,
 )
+@prints()
 def cluster_create(
+    ctx: typer.Context,
+    out: Output,
     proxy: Annotated[
         str, typer.Option("--proxy", help="The proxy database's URL.", show_default=False)
     ],
@@ -53,25 +44,33 @@ def cluster_create(
             show_default=False,
         ),
     ],
-    json_output: options.JsonOption = False,
 ) -> None:
     from walletctl.cluster import admin
 
     urls = [url.strip() for url in partitions.split(",") if url.strip()]
     created = admin.create(proxy, urls)
-    out = output.Output(output.choose_mode(json_output=json_output))
-    rows = [{"partition": p.number, "connstr": p.connstr} for p in created.partitions]
-    out.table(rows, PARTITION_COLUMNS[:2], title="Cluster partitions")
-    output.message(f"cluster ready: {created.count} partition(s) behind the proxy")
+    out.listing(
+        Listing(
+            [views.partition(p) for p in created.partitions],
+            views.PARTITION_COLUMNS[:2],
+            title="Cluster partitions",
+            name="partitions",
+        )
+    )
+    out.env.message(f"cluster ready: {created.count} partition(s) behind the proxy")
 
 
-@cluster_app.command(
+@command(
     "move",
-    help="Point the proxy (--database-url, as a superuser) at a copy of one partition on "
+    "Point the proxy (--database-url, as a superuser) at a copy of one partition on "
     "another server, after checking it is that partition at this walletctl's schema.",
+    exits=(ExitCode.NOT_FOUND,),
+    on=cluster_app,
 )
+@prints()
 def cluster_move(
     ctx: typer.Context,
+    out: Output,
     partition: Annotated[int, typer.Argument(help="The partition's number.", min=0)],
     to: Annotated[
         str, typer.Option("--to", help="The copy's URL (a superuser's).", show_default=False)
@@ -82,74 +81,35 @@ def cluster_move(
 
     proxy_url = database.target_url(state(ctx).target())
     moved = admin.move(proxy_url, partition, to)
-    output.message(f"partition {moved.number} is now {moved.connstr}")
+    out.env.message(f"partition {moved.number} is now {moved.connstr}")
+    out.committed(Record(views.partition(moved), title="Partition moved"))
 
 
-@cluster_app.command(
+@command(
     "status",
-    help="The proxy's partitions: where, reachable or not, schema revision, size, users and "
+    "The proxy's partitions: where, reachable or not, schema revision, size, users and "
     "transactions. Exit 6 if any partition cannot be reached or is not at this walletctl's "
     "schema.",
+    on=cluster_app,
 )
-def cluster_status(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
+@prints()
+def cluster_status(ctx: typer.Context, out: Output) -> None:
     from walletctl.cluster import admin
 
-    out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).connection() as conn:
         found = admin.status(conn)
-    rows = [_status_row(status) for status in found]
-    if json_output:
-        out.record({"partitions": rows}, title="cluster")
-    else:
-        out.table(rows, PARTITION_COLUMNS, title="Cluster partitions")
+    out.listing(
+        Listing(
+            [views.partition_status(status) for status in found],
+            views.PARTITION_COLUMNS,
+            title="Cluster partitions",
+            name="partitions",
+        )
+    )
     troubled = [status for status in found if status.problem]
     if troubled:
-        output.message(
+        out.env.message(
             "cluster: "
             + "; ".join(f"partition {status.number}: {status.problem}" for status in troubled)
         )
         raise typer.Exit(ExitCode.DATABASE_UNAVAILABLE)
-
-
-def _status_row(status: PartitionStatus) -> dict[str, Any]:
-    return {
-        "partition": status.number,
-        "connstr": status.connstr,
-        "reachable": status.reachable,
-        "schema_revision": status.schema_revision,
-        "size_bytes": status.size_bytes,
-        "users": status.users,
-        "transactions": status.transactions,
-        "problem": status.problem,
-    }
-
-
-SEAL_COLUMNS = (
-    Column("partition", "Partition"),
-    Column("checkpoint", "Checkpoint", numeric=True),
-    Column("sealed_after", "Sealed after", numeric=True),
-    Column("sealed_through", "Sealed through", numeric=True),
-    Column("transactions", "Transactions", numeric=True),
-    Column("hash", "Hash"),
-)
-
-
-def show_partition_seals(
-    out: output.Output, sealed: list[tuple[Partition, Checkpoint | None]]
-) -> None:
-    """`walletctl seal` through a proxy: each partition's new checkpoint (or none)."""
-    rows = [
-        {
-            "partition": partition.label,
-            "checkpoint": checkpoint.id if checkpoint else None,
-            "sealed_after": checkpoint.previous_horizon if checkpoint else None,
-            "sealed_through": checkpoint.horizon if checkpoint else None,
-            "transactions": checkpoint.transactions if checkpoint else 0,
-            "hash": checkpoint.hash.hex() if checkpoint else None,
-        }
-        for partition, checkpoint in sealed
-    ]
-    out.table(rows, SEAL_COLUMNS, title="Sealed, per partition")
-    output.message(
-        "sealed each partition; keep each partition's hash outside the database to prove it later"
-    )

@@ -6,7 +6,7 @@ import sys
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--version"]:
+    if sys.argv[1:] in (["--version"], ["-V"]):
         from walletctl import __version__
 
         print(f"walletctl {__version__}")

@@ -77,3 +77,25 @@ def exit_code_for(error: BaseException) -> ExitCode:
             return ExitCode.INVALID_INPUT
         case _:
             return ExitCode.UNEXPECTED
+
+
+ALWAYS = (ExitCode.OK, ExitCode.UNEXPECTED, ExitCode.INVALID_INPUT)
+"""What any command can return."""
+DATABASE = (ExitCode.DATABASE_UNAVAILABLE, ExitCode.NOT_PERMITTED, ExitCode.BUSY)
+"""What any command that talks to the database can return, besides ALWAYS."""
+
+
+def epilog(*codes: ExitCode, database: bool = True) -> str:
+    """The 'Exit codes' paragraph of a command's --help: every code it can return."""
+    chosen = set(ALWAYS) | set(codes) | (set(DATABASE) if database else set())
+    return "Exit codes: " + ", ".join(
+        f"{code.value} {code.name.lower().replace('_', ' ')}" for code in sorted(chosen)
+    )
+
+
+def error_name(code: int) -> str:
+    """The name of an exit code in a JSON error (``not_found``)."""
+    try:
+        return ExitCode(code).name.lower()
+    except ValueError:
+        return "unexpected"

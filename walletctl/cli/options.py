@@ -14,25 +14,6 @@ from walletctl.errors import InvalidInput
 
 DEFAULT_ASSET = "GOLD"
 
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON document (JSON lines for listings).")
-]
-CsvOption = Annotated[
-    bool,
-    typer.Option(
-        "--csv",
-        help="Print CSV with a header row (cells a spreadsheet would run as a formula get a "
-        "leading ').",
-    ),
-]
-RawCsvOption = Annotated[
-    bool,
-    typer.Option(
-        "--raw-csv",
-        help="CSV with every value as it is, for programs (no leading ' on cells starting "
-        "with = + - @, tab or CR).",
-    ),
-]
 AssetOption = Annotated[
     str,
     typer.Option("--asset", "-a", help="Asset code.", envvar="WALLETCTL_ASSET"),
@@ -50,6 +31,48 @@ KeyOption = Annotated[
 ReasonOption = Annotated[
     str | None, typer.Option("--reason", "-r", help="Why: stored on the transaction.")
 ]
+ReasonFilter = Annotated[
+    str | None,
+    typer.Option(
+        "--reason", help="Only transactions with exactly this reason.", show_default=False
+    ),
+]
+ActorFilter = Annotated[
+    str | None,
+    typer.Option(
+        "--actor",
+        help="Only transactions posted by this database role (the recorded actor).",
+        show_default=False,
+    ),
+]
+OnBehalfOfFilter = Annotated[
+    str | None,
+    typer.Option(
+        "--on-behalf-of",
+        help="Only transactions carrying this 'on behalf of' note (a posting's --actor).",
+        show_default=False,
+    ),
+]
+KindFilter = Annotated[
+    str | None,
+    typer.Option("--kind", help="Only topup, bonus, spend or reversal.", show_default=False),
+]
+AssetFilter = Annotated[
+    str | None, typer.Option("--asset", "-a", help="Only this asset.", show_default=False)
+]
+LimitOption = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        min=1,
+        help="At most this many rows (default: 100 in a table; everything in tsv, csv and "
+        "JSON, which programs read).",
+        show_default=False,
+    ),
+]
+AllOption = Annotated[bool, typer.Option("--all", help="Every row: no --limit.")]
+NewestFirstOption = Annotated[bool, typer.Option("--newest-first", help="The most recent first.")]
+DEFAULT_TABLE_LIMIT = 100
 ActorOption = Annotated[
     str | None,
     typer.Option(
@@ -98,8 +121,8 @@ FileOption = Annotated[
 FileFormatOption = Annotated[
     str | None,
     typer.Option(
-        "--format",
-        help="csv or jsonl (default: from the file name or its content).",
+        "--file-format",
+        help="The --file's format: csv or jsonl (default: from its name or its content).",
         show_default=False,
     ),
 ]
@@ -164,6 +187,29 @@ JobsOption = Annotated[
         help="Connections posting at once; each user's rows stay on one of them, in file order.",
     ),
 ]
+
+
+def row_limit(limit: int | None, every: bool, *, table: bool) -> int | None:
+    """How many rows a listing shows: --limit, or all with --all; by default a page of
+    DEFAULT_TABLE_LIMIT in a table (a person scrolls), everything in the formats programs
+    read (a script must never get a silently shortened listing)."""
+    if every and limit is not None:
+        raise InvalidInput("--all and --limit cannot be used together")
+    if every:
+        return None
+    if limit is not None:
+        return limit
+    return DEFAULT_TABLE_LIMIT if table else None
+
+
+def parse_transaction_id(text: str, what: str = "transaction id") -> int:
+    """A transaction id as typed: a positive whole number."""
+    from walletctl.core import validation
+
+    cleaned = text.strip()
+    if not cleaned.isascii() or not cleaned.isdigit():
+        raise InvalidInput(f"{what} must be a positive whole number, got {text[:60]!r}")
+    return validation.transaction_id(int(cleaned))
 
 
 def on_behalf_of(option: str | None) -> str | None:

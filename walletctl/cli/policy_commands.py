@@ -3,71 +3,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
-from walletctl.cli import options, output
-from walletctl.cli.admin_commands import user_app
-from walletctl.cli.app import app, state
+from walletctl.cli import options, views
+from walletctl.cli.app import state
 from walletctl.cli.exit_codes import ExitCode
+from walletctl.cli.formats import prints
+from walletctl.cli.groups import command, policy_app, request_app, user_app
+from walletctl.cli.output import Listing, Output, Record
+from walletctl.cli.receipts import show_receipt
 from walletctl.errors import InvalidInput
-
-if TYPE_CHECKING:
-    from walletctl.core.policy import CreditRequest, FiledRequest
-
-Column = output.Column
-
-policy_app = typer.Typer(
-    help="Approval thresholds and issuance budgets (changing them needs walletctl_admin)."
-)
-request_app = typer.Typer(
-    help="Requests for credits above an asset's approval threshold (four eyes)."
-)
-app.add_typer(policy_app, name="policy")
-app.add_typer(request_app, name="request")
-
-
-def _require_subcommand(ctx: typer.Context) -> None:
-    if ctx.invoked_subcommand is None:
-        print(ctx.get_help())
-        raise typer.Exit(ExitCode.INVALID_INPUT)
-
-
-for group in (policy_app, request_app):
-    group.callback(invoke_without_command=True)(_require_subcommand)
-
-THRESHOLD_COLUMNS = (
-    Column("asset", "Asset"),
-    Column("approve_above", "Approve above", numeric=True),
-    Column("request_hours", "Request hours", numeric=True),
-    Column("set_by", "Set by"),
-    Column("set_at", "Set at"),
-)
-BUDGET_COLUMNS = (
-    Column("role", "Role"),
-    Column("asset", "Asset"),
-    Column("daily_limit", "Daily limit", numeric=True),
-    Column("used_today", "Used today (UTC)", numeric=True),
-    Column("remaining", "Remaining", numeric=True),
-    Column("set_by", "Set by"),
-    Column("set_at", "Set at"),
-)
-REQUEST_COLUMNS = (
-    Column("id", "Request", numeric=True),
-    Column("status", "Status"),
-    Column("kind", "Kind"),
-    Column("user_id", "User"),
-    Column("asset", "Asset"),
-    Column("amount", "Amount", numeric=True),
-    Column("requested_by", "Requested by"),
-    Column("created_at", "Requested at"),
-    Column("expires_at", "Expires at"),
-    Column("decided_by", "Decided by"),
-    Column("transaction_id", "Transaction", numeric=True),
-)
-REQUEST_NUMERIC = ("amount", "transaction_id")
 
 
 def parse_limit(text: str, what: str) -> int | None:
@@ -95,13 +42,17 @@ def parse_request_id(text: str) -> int:
     return policy.valid_request_id(int(cleaned))
 
 
-@policy_app.command(
+@command(
     "set",
-    help="Top-ups and bonuses of ASSET above --approve-above need a second person's "
+    "Top-ups and bonuses of ASSET above --approve-above need a second person's "
     "approval ('none': never). A request expires after --request-hours.",
+    exits=(ExitCode.NOT_FOUND,),
+    on=policy_app,
 )
+@prints()
 def policy_set(
     ctx: typer.Context,
+    out: Output,
     asset: Annotated[str, typer.Argument(help="Asset code.", show_default=False)],
     approve_above: Annotated[
         str,
@@ -110,222 +61,217 @@ def policy_set(
     request_hours: Annotated[
         int, typer.Option("--request-hours", help="How long a request stays open.")
     ] = 24,
-    json_output: options.JsonOption = False,
 ) -> None:
     from walletctl.core import policy
 
     threshold = parse_limit(approve_above, "--approve-above")
-    out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).connection() as conn:
         row = policy.set_approval(conn, asset, threshold, request_hours=request_hours)
-    out.record(asdict(row), title=f"Approval policy of {row.asset}", numeric=("approve_above",))
+    out.committed(
+        Record(
+            views.approval_policy(row),
+            title=f"Approval policy of {row.asset}",
+            numeric=("approve_above",),
+        )
+    )
 
 
-@policy_app.command(
+@command(
     "budget",
-    help="ROLE (a login role, or a group role whose members share it) may credit at most "
+    "ROLE (a login role, or a group role whose members share it) may credit at most "
     "LIMIT of ASSET per UTC day ('none': no budget).",
+    exits=(ExitCode.NOT_FOUND,),
+    on=policy_app,
 )
+@prints()
 def policy_budget(
     ctx: typer.Context,
+    out: Output,
     role: Annotated[str, typer.Argument(help="A database role.", show_default=False)],
     asset: Annotated[str, typer.Argument(help="Asset code.", show_default=False)],
     limit: Annotated[str, typer.Argument(help="A whole number, or 'none'.", show_default=False)],
-    json_output: options.JsonOption = False,
 ) -> None:
     from walletctl.core import policy
 
     daily_limit = parse_limit(limit, "LIMIT")
-    out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).connection() as conn:
         budget = policy.set_budget(conn, role, asset, daily_limit)
-    out.record(
-        _budget_row(budget),
-        title=f"Budget of {budget.role} for {budget.asset}",
-        numeric=("daily_limit", "used_today", "remaining"),
+    out.committed(
+        Record(
+            views.budget(budget),
+            title=f"Budget of {budget.role} for {budget.asset}",
+            numeric=("daily_limit", "used_today", "remaining"),
+        )
     )
 
 
-def _budget_row(budget: Any) -> dict[str, Any]:
-    return {**asdict(budget), "remaining": budget.remaining}
-
-
-@policy_app.command("show", help="Approval thresholds, budgets and what each used today.")
-def policy_show(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
+@command("show", "Approval thresholds, budgets and what each used today.", on=policy_app)
+@prints()
+def policy_show(ctx: typer.Context, out: Output) -> None:
     from walletctl.core import policy
 
-    out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).connection() as conn:
-        thresholds = [asdict(p) for p in policy.approval_policies(conn)]
-        budgets = [_budget_row(b) for b in policy.budgets(conn)]
-    if json_output:
-        print(output.dumps({"thresholds": thresholds, "budgets": budgets}))
-        return
-    out.table(thresholds, THRESHOLD_COLUMNS, title="Approval thresholds")
-    out.table(budgets, BUDGET_COLUMNS, title="Issuance budgets")
+        thresholds = [views.approval_policy(p) for p in policy.approval_policies(conn)]
+        budgets = [views.budget(b) for b in policy.budgets(conn)]
+    out.sections(
+        [
+            Listing(
+                thresholds, views.THRESHOLD_COLUMNS, title="Approval thresholds", name="thresholds"
+            ),
+            Listing(budgets, views.BUDGET_COLUMNS, title="Issuance budgets", name="budgets"),
+        ]
+    )
 
 
-def request_view(request: CreditRequest) -> dict[str, Any]:
-    return asdict(request)
-
-
-@request_app.command("list", help="Requests, newest first.")
+@command("list", "Requests, newest first.", on=request_app)
+@prints(output_file=True, pager=True)
 def request_list(
     ctx: typer.Context,
+    out: Output,
     status: Annotated[
         str | None,
         typer.Option(
             "--status", help="pending, approved, rejected or expired.", show_default=False
         ),
     ] = None,
-    json_output: options.JsonOption = False,
-    csv_output: options.CsvOption = False,
 ) -> None:
     from walletctl.core import policy
 
-    out = output.Output(output.choose_mode(json_output=json_output, csv_output=csv_output))
     with state(ctx).connection() as conn:
         found = policy.list_requests(conn, status)  # type: ignore[arg-type]
-    out.table([request_view(r) for r in found], REQUEST_COLUMNS, title="Requests", json_lines=True)
+    out.listing(
+        Listing(
+            [views.request(r) for r in found],
+            views.REQUEST_COLUMNS,
+            title="Requests",
+            name="requests",
+            streams=True,
+        )
+    )
 
 
-@request_app.command("show", help="One request: who asked, who decided, what was posted.")
+@command(
+    "show",
+    "One request: who asked, who decided, what was posted.",
+    exits=(ExitCode.NOT_FOUND,),
+    on=request_app,
+)
+@prints()
 def request_show(
     ctx: typer.Context,
+    out: Output,
     request_id: Annotated[str, typer.Argument(help="The request.", show_default=False)],
-    json_output: options.JsonOption = False,
 ) -> None:
     from walletctl.core import policy
 
     wanted = parse_request_id(request_id)
-    out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).connection() as conn:
         found = policy.show_request(conn, wanted)
-    out.record(request_view(found), title=f"Request {wanted}", numeric=REQUEST_NUMERIC)
+    out.record(
+        Record(views.request(found), title=f"Request {wanted}", numeric=views.REQUEST_NUMERIC)
+    )
 
 
-@request_app.command(
+@command(
     "approve",
-    help="Approve a request and post it with its idempotency key (walletctl_approver; not "
+    "Approve a request and post it with its idempotency key (walletctl_approver; not "
     "the identity that made it). Approving twice posts once.",
+    exits=(ExitCode.NOT_FOUND, ExitCode.CONFLICT, ExitCode.REFUSED, ExitCode.INSUFFICIENT_FUNDS),
+    on=request_app,
 )
+@prints()
 def request_approve(
     ctx: typer.Context,
+    out: Output,
     request_id: Annotated[str, typer.Argument(help="The request.", show_default=False)],
     reason: options.ReasonOption = None,
     dry_run: options.DryRunOption = False,
-    json_output: options.JsonOption = False,
 ) -> None:
-    from walletctl.cli.posting_commands import report_receipt
     from walletctl.core import policy, posting
 
     wanted = parse_request_id(request_id)
-    output.choose_mode(json_output=json_output)
     with state(ctx).connection() as conn, posting.scope(conn, dry_run=dry_run):
         receipt = policy.approve(conn, wanted, reason=reason)
     if not dry_run and not receipt.replayed:
-        output.message(f"request {wanted} approved: transaction {receipt.transaction_id}")
-    report_receipt(receipt, dry_run=dry_run, generated_key=False, json_output=json_output)
+        out.env.message(f"request {wanted} approved: transaction {receipt.transaction_id}")
+    show_receipt(out, receipt, dry_run=dry_run, generated_key=False)
 
 
-@request_app.command("reject", help="Reject a request (walletctl_approver). --reason is required.")
+@command(
+    "reject",
+    "Reject a request (walletctl_approver). --reason is required.",
+    exits=(ExitCode.NOT_FOUND, ExitCode.CONFLICT, ExitCode.REFUSED),
+    on=request_app,
+)
+@prints()
 def request_reject(
     ctx: typer.Context,
+    out: Output,
     request_id: Annotated[str, typer.Argument(help="The request.", show_default=False)],
     reason: options.ReasonOption = None,
-    json_output: options.JsonOption = False,
 ) -> None:
     from walletctl.core import policy
 
     wanted = parse_request_id(request_id)
     if reason is None:
         raise InvalidInput("--reason is required to reject a request")
-    out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).connection() as conn:
         decision = policy.reject(conn, wanted, reason=reason)
-    out.record(asdict(decision), title=f"Request {wanted} rejected")
+    out.committed(Record(views.decision(decision), title=f"Request {wanted} rejected"))
 
 
-DECISION_COLUMNS = (
-    Column("request_id", "Request", numeric=True),
-    Column("decision", "Decision"),
-    Column("decided_by", "Recorded by"),
-    Column("reason", "Reason"),
-    Column("created_at", "At"),
-)
-
-
-@request_app.command(
+@command(
     "expire",
-    help="Record the expiry of every request past its time without a decision "
+    "Record the expiry of every request past its time without a decision "
     "(walletctl_approver; e.g. from cron).",
+    on=request_app,
 )
-def request_expire(ctx: typer.Context, json_output: options.JsonOption = False) -> None:
+@prints()
+def request_expire(ctx: typer.Context, out: Output) -> None:
     from walletctl.core import policy
 
-    out = output.Output(output.choose_mode(json_output=json_output))
     with state(ctx).connection() as conn:
         recorded = policy.expire_requests(conn)
-    output.message(f"{len(recorded)} request(s) recorded as expired")
-    out.table([asdict(d) for d in recorded], DECISION_COLUMNS, title="Expired requests")
-
-
-def report_filed_request(
-    filed: FiledRequest, request: CreditRequest, *, dry_run: bool, json_output: bool
-) -> None:
-    """What a top-up or bonus above its asset's threshold did: it filed a request."""
-    out = output.Output(output.choose_mode(json_output=json_output))
-    view = {**request_view(request), "replayed": filed.replayed}
-    if dry_run:
-        output.message(
-            f"dry run: {request.amount:,} {request.asset} is above the approval threshold "
-            f"({filed.approve_above:,}): this would create a request awaiting approval; "
-            "nothing was written"
+    out.env.message(f"{len(recorded)} request(s) recorded as expired")
+    out.listing(
+        Listing(
+            [views.decision(d) for d in recorded],
+            views.DECISION_COLUMNS,
+            title="Expired requests",
+            name="decisions",
         )
-        view["id"] = None
-        view["dry_run"] = True
-    elif filed.replayed:
-        output.message(
-            f"replayed: key {request.idempotency_key} already filed request {request.id} "
-            f"({request.status}); nothing new was written"
-        )
-    else:
-        expires = request.expires_at.isoformat(sep=" ", timespec="seconds")
-        output.message(
-            f"request {request.id} created, awaiting approval by a walletctl_approver other "
-            f"than {request.requested_by} (expires {expires}); nothing was posted yet"
-        )
-    out.record(view, title="Request (dry run)" if dry_run else "Request", numeric=REQUEST_NUMERIC)
+    )
 
 
 def _freeze_command(frozen: bool) -> None:
     verb = "freeze" if frozen else "unfreeze"
 
-    def command(
+    @prints()
+    def change(
         ctx: typer.Context,
+        out: Output,
         user: Annotated[str, typer.Argument(help="The user's id.", show_default=False)],
         reason: options.ReasonOption = None,
-        json_output: options.JsonOption = False,
     ) -> None:
         from walletctl.core import policy
 
         if reason is None:
             raise InvalidInput(f"--reason is required to {verb} a user")
-        out = output.Output(output.choose_mode(json_output=json_output))
         with state(ctx).connection() as conn:
-            change = policy.freeze if frozen else policy.unfreeze
-            record = change(conn, user, reason)
-        output.message(f"{record.user_id} is {'frozen' if frozen else 'no longer frozen'}")
-        out.record(asdict(record), title=f"User {record.user_id}")
+            record = (policy.freeze if frozen else policy.unfreeze)(conn, user, reason)
+        out.env.message(f"{record.user_id} is {'frozen' if frozen else 'no longer frozen'}")
+        out.committed(Record(views.freeze(record), title=f"User {record.user_id}"))
 
-    command.__name__ = f"user_{verb}"
-    user_app.command(
+    change.__name__ = f"user_{verb}"
+    command(
         verb,
-        help="Freeze a user: no spends, no credits (a reversal still posts) until unfrozen "
+        "Freeze a user: no spends, no credits (a reversal still posts) until unfrozen "
         "(walletctl_admin; --reason required)."
         if frozen
         else "Unfreeze a user (walletctl_admin; --reason required).",
-    )(command)
+        exits=(ExitCode.NOT_FOUND,),
+        on=user_app,
+    )(change)
 
 
 _freeze_command(True)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from walletctl.cli import options, output
-from walletctl.cli.app import app, state
-from walletctl.errors import ApprovalRequired, InvalidInput, Refused
+from walletctl.cli import options
+from walletctl.cli.app import state
+from walletctl.cli.exit_codes import ExitCode
+from walletctl.cli.formats import prints
+from walletctl.cli.groups import POSTING, command
+from walletctl.cli.output import Output
+from walletctl.cli.receipts import show_filed_request, show_receipt
+from walletctl.errors import ApprovalRequired, InvalidInput
 
 if TYPE_CHECKING:
+    from walletctl.cli.app import State
     from walletctl.core.models import PostingKind, Receipt
 
 UserArgument = Annotated[
@@ -26,82 +31,22 @@ AmountArgument = Annotated[
     ),
 ]
 
-RECEIPT_NUMERIC = ("amount", "balance_after")
+POSTING_EXITS = (
+    ExitCode.INSUFFICIENT_FUNDS,
+    ExitCode.NOT_FOUND,
+    ExitCode.CONFLICT,
+    ExitCode.REFUSED,
+    ExitCode.PARTIAL,
+)
 
 
 def _new_key() -> str:
     return f"cli-{uuid.uuid4()}"
 
 
-def confirm_large_amount(
-    amount: int, threshold: int, *, yes: bool, refusal: str, question: str, can_ask: bool = True
-) -> None:
-    """Amounts above the threshold need a yes: asked on a terminal, --yes otherwise."""
-    if yes or amount <= threshold:
-        return
-    if not can_ask or not sys.stdin.isatty():
-        raise Refused(
-            f"{refusal} is above the confirmation threshold ({threshold:,}); pass --yes to confirm"
-        )
-    if not typer.confirm(question, err=True):
-        raise typer.Abort()
-
-
-def _confirm(threshold: int, amount: int, what: str, *, yes: bool) -> None:
-    confirm_large_amount(
-        amount,
-        threshold,
-        yes=yes,
-        refusal=f"{what}: {amount:,}",
-        question=f"{what}: {amount:,} is above {threshold:,}. Post it?",
-    )
-
-
-def _receipt_view(receipt: Receipt, *, dry_run: bool) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "transaction_id": receipt.transaction_id,
-        "kind": receipt.kind,
-        "user": receipt.user_id,
-        "asset": receipt.asset,
-        "amount": receipt.amount,
-        "balance_after": receipt.balance_after,
-        "created_at": receipt.created_at,
-        "idempotency_key": receipt.idempotency_key,
-        "actor": receipt.actor,
-        "on_behalf_of": receipt.on_behalf_of,
-        "replayed": receipt.replayed,
-    }
-    if receipt.reverses is not None:
-        view["reverses"] = receipt.reverses
-    if dry_run:
-        view["dry_run"] = True
-        view["transaction_id"] = None
-    return view
-
-
-def report_receipt(
-    receipt: Receipt, *, dry_run: bool, generated_key: bool, json_output: bool
-) -> None:
-    out = output.Output(output.choose_mode(json_output=json_output))
-    if dry_run:
-        verb = "would replay" if receipt.replayed else "would post"
-        output.message(f"dry run: {verb} this {receipt.kind}; nothing was written")
-    elif receipt.replayed:
-        output.message(
-            f"replayed: key {receipt.idempotency_key} already posted transaction "
-            f"{receipt.transaction_id}; nothing new was written"
-        )
-    elif generated_key:
-        output.message(
-            f"posted with idempotency key {receipt.idempotency_key} "
-            f"(to retry safely, pass --key {receipt.idempotency_key})"
-        )
-    title = f"{receipt.kind} {'(dry run)' if dry_run else ''}".strip()
-    out.record(_receipt_view(receipt, dry_run=dry_run), title=title, numeric=RECEIPT_NUMERIC)
-
-
 def _post(
-    ctx: typer.Context,
+    current: State,
+    out: Output,
     kind: PostingKind,
     user: str,
     amount_text: str,
@@ -112,7 +57,6 @@ def _post(
     actor: str | None,
     yes: bool,
     dry_run: bool,
-    json_output: bool,
 ) -> None:
     from walletctl.core import posting, validation
 
@@ -125,11 +69,10 @@ def _post(
         "reason": validation.reason(reason, required=kind == "bonus"),
         "on_behalf_of": validation.on_behalf_of(options.on_behalf_of(actor)),
     }
-    output.choose_mode(json_output=json_output)  # fail on bad flags before posting
-    settings = state(ctx).settings
-    if not dry_run:
-        _confirm(settings.confirm_above, amount, f"{kind} of {asset} to {user}", yes=yes)
-    with state(ctx).connection() as conn, posting.scope(conn, dry_run=dry_run):
+    current.confirmation().check(
+        amount, what=f"{kind} of {asset} to {user}", confirmed=yes or dry_run, ask=current.asker()
+    )
+    with current.connection() as conn, posting.scope(conn, dry_run=dry_run):
         try:
             receipt = posting.post(conn, kind, **request)  # type: ignore[arg-type]
         except ApprovalRequired:
@@ -137,33 +80,30 @@ def _post(
                 raise
             # Above the asset's approval threshold: the database refused to post it; file
             # it as a request for a second person (README "Four-eyes approval").
-            _file_request(conn, kind, request, dry_run=dry_run, json_output=json_output)
+            _file_request(conn, out, kind, request, dry_run=dry_run)
             return
         if dry_run:
-            _report_budgets(conn, receipt)
-    report_receipt(receipt, dry_run=dry_run, generated_key=key is None, json_output=json_output)
+            _report_budgets(conn, out, receipt)
+    show_receipt(out, receipt, dry_run=dry_run, generated_key=key is None)
 
 
 def _file_request(
-    conn: Any, kind: PostingKind, request: dict[str, Any], *, dry_run: bool, json_output: bool
+    conn: Any, out: Output, kind: PostingKind, request: dict[str, Any], *, dry_run: bool
 ) -> None:
-    from walletctl.cli.policy_commands import report_filed_request
     from walletctl.core import policy
 
     filed = policy.request_credit(conn, kind, **request)
-    report_filed_request(
-        filed, policy.show_request(conn, filed.request_id), dry_run=dry_run, json_output=json_output
-    )
+    show_filed_request(out, filed, policy.show_request(conn, filed.request_id), dry_run=dry_run)
 
 
-def _report_budgets(conn: Any, receipt: Receipt) -> None:
+def _report_budgets(conn: Any, out: Output, receipt: Receipt) -> None:
     """A dry run shows what the posting would leave of each budget that binds the caller."""
     from walletctl.core import policy
 
     if receipt.kind == "spend" or receipt.replayed:
         return
     for budget in policy.binding_budgets(conn, receipt.asset):
-        output.message(
+        out.env.message(
             f"dry run: budget of {budget.role}: {budget.used_today:,} of "
             f"{budget.daily_limit:,} {budget.asset} used today (UTC) with this posting, "
             f"{budget.remaining:,} would remain"
@@ -173,8 +113,10 @@ def _report_budgets(conn: Any, receipt: Receipt) -> None:
 def _register_posting_command(kind: PostingKind, help_text: str) -> None:
     """topup, bonus and spend share one signature: one row from the arguments, or a file."""
 
-    def command(
+    @prints()
+    def posting_command(
         ctx: typer.Context,
+        out: Output,
         user: UserArgument = None,
         amount: AmountArgument = None,
         asset: options.AssetOption = options.DEFAULT_ASSET,
@@ -183,7 +125,6 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
         actor: options.ActorOption = None,
         yes: options.YesOption = False,
         dry_run: options.DryRunOption = False,
-        json_output: options.JsonOption = False,
         file: options.FileOption = None,
         file_format: options.FileFormatOption = None,
         key_prefix: options.KeyPrefixOption = None,
@@ -194,21 +135,20 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
         max_total: options.MaxTotalOption = None,
         batch_size: options.BatchSizeOption = 5000,
         jobs: options.JobsOption = 2,
-        raw_csv: options.RawCsvOption = False,
         allow_unterminated: options.AllowUnterminatedOption = False,
     ) -> None:
+        current = state(ctx)
         if file is None:
             bulk_only = [
                 name
                 for name, value in (
-                    ("--format", file_format),
+                    ("--file-format", file_format),
                     ("--key-prefix", key_prefix),
                     ("--validate-only", validate_only),
                     ("--atomic", atomic),
                     ("--skip-invalid", skip_invalid),
                     ("--report", report),
                     ("--max-total", max_total),
-                    ("--raw-csv", raw_csv),
                     ("--allow-unterminated", allow_unterminated),
                 )
                 if value
@@ -218,7 +158,8 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
             if user is None or amount is None:
                 raise InvalidInput("give USER and AMOUNT, or --file")
             _post(
-                ctx,
+                current,
+                out,
                 kind,
                 user,
                 amount,
@@ -228,7 +169,6 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
                 actor=actor,
                 yes=yes,
                 dry_run=dry_run,
-                json_output=json_output,
             )
             return
         if user is not None or amount is not None or key is not None:
@@ -239,7 +179,8 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
         from walletctl.cli.bulk_run import FileRequest, run_file
 
         run_file(
-            ctx,
+            current,
+            out,
             kind,
             FileRequest(
                 path=file,
@@ -257,15 +198,12 @@ def _register_posting_command(kind: PostingKind, help_text: str) -> None:
                 jobs=jobs,
                 yes=yes,
                 dry_run=dry_run,
-                json_output=json_output,
-                raw_csv=raw_csv,
                 allow_unterminated=allow_unterminated,
             ),
         )
 
-    command.__name__ = kind
-    command.__doc__ = help_text
-    app.command(name=kind, help=help_text)(command)
+    posting_command.__name__ = kind
+    command(kind, help_text, exits=POSTING_EXITS, panel=POSTING)(posting_command)
 
 
 _register_posting_command(
@@ -285,9 +223,16 @@ _register_posting_command(
 )
 
 
-@app.command(help="Post the mirror image of a topup, bonus or spend. --reason is required.")
+@command(
+    "reverse",
+    "Post the mirror image of a topup, bonus or spend. --reason is required.",
+    exits=(ExitCode.INSUFFICIENT_FUNDS, ExitCode.NOT_FOUND, ExitCode.CONFLICT, ExitCode.REFUSED),
+    panel=POSTING,
+)
+@prints()
 def reverse(
     ctx: typer.Context,
+    out: Output,
     transaction_id: Annotated[
         str, typer.Argument(help="The transaction to reverse.", show_default=False)
     ],
@@ -296,35 +241,26 @@ def reverse(
     actor: options.ActorOption = None,
     yes: options.YesOption = False,
     dry_run: options.DryRunOption = False,
-    json_output: options.JsonOption = False,
 ) -> None:
     from walletctl.core import history, posting, validation
 
-    target_id = parse_transaction_id(transaction_id)
+    current = state(ctx)
+    target_id = options.parse_transaction_id(transaction_id)
     request = {
         "idempotency_key": validation.idempotency_key(key) if key is not None else _new_key(),
         "reason": validation.reason(reason, required=True),
         "on_behalf_of": validation.on_behalf_of(options.on_behalf_of(actor)),
     }
-    output.choose_mode(json_output=json_output)
-    with state(ctx).connection() as conn:
+    with current.connection() as conn:
         target = history.transaction(conn, target_id)
-        if not dry_run:
-            _confirm(
-                state(ctx).settings.confirm_above,
-                target.amount,
-                f"reversal of {target.kind} {target_id} ({target.asset}, {target.user_id})",
-                yes=yes,
-            )
+        current.confirmation().check(
+            target.amount,
+            what=f"reversal of {target.kind} {target_id} ({target.asset}, {target.user_id})",
+            confirmed=yes or dry_run,
+            ask=current.asker(),
+        )
         with posting.scope(conn, dry_run=dry_run):
             receipt = posting.reverse(conn, target_id, **request)  # type: ignore[arg-type]
-    report_receipt(receipt, dry_run=dry_run, generated_key=key is None, json_output=json_output)
-
-
-def parse_transaction_id(text: str) -> int:
-    from walletctl.core import validation
-
-    cleaned = text.strip()
-    if not cleaned.isascii() or not cleaned.isdigit():
-        raise InvalidInput(f"transaction id must be a positive whole number, got {text[:60]!r}")
-    return validation.transaction_id(int(cleaned))
+    show_receipt(
+        out, receipt, dry_run=dry_run, generated_key=key is None, reversed_kind=target.kind
+    )

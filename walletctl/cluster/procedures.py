@@ -56,6 +56,7 @@ def export(
     since: datetime | None = None,
     until: datetime | None = None,
     raw_csv: bool = False,
+    where: Any = None,
 ) -> int:
     """Each partition's export in turn, streamed from that partition (not through PL/Proxy,
     which holds every result in memory), written as one file: the CSV header and the
@@ -69,7 +70,7 @@ def export(
         target = out if partition.number == 0 else _OnceOnly(out, fmt)
         written += on_partition(
             proxy, found, partition, core.export, cast(TextIO, target), fmt,
-            since=since, until=until, raw_csv=raw_csv,
+            since=since, until=until, raw_csv=raw_csv, where=where,
         )  # fmt: skip
         target.flush()
     return written
@@ -77,7 +78,8 @@ def export(
 
 class _OnceOnly(io.TextIOBase):
     """Writes through to ``out`` what the first partition's export has already written
-    only once: the CSV header line; beancount's title option, Treasury and commodities."""
+    only once: the CSV header line; beancount's title option, the chart's accounts and the
+    commodities."""
 
     def __init__(self, out: TextIO, fmt: str) -> None:
         self.out = out
@@ -96,14 +98,14 @@ class _OnceOnly(io.TextIOBase):
         return len(text)
 
     def _line(self, line: str) -> None:
-        from walletctl.core.export import TREASURY_ACCOUNT
+        from walletctl.core.export import CHART_OF_ACCOUNTS
 
         if self.header_left:  # csv: a header has no line break inside a quoted value
             self.header_left = False
             return
         if self.fmt == "beancount" and (
             line.startswith(('option "title"', "1970-01-01 commodity "))
-            or line == f"1970-01-01 open {TREASURY_ACCOUNT}\n"
+            or line in {f"1970-01-01 open {account}\n" for account in CHART_OF_ACCOUNTS}
         ):
             return
         self.out.write(line)

@@ -27,7 +27,14 @@ from walletctl.cluster.topology import (
     user_partition,
 )
 from walletctl.core import validation
-from walletctl.core.models import Balance, Connection, Outstanding, StatementLine, TransactionDetail
+from walletctl.core.models import (
+    Balance,
+    Connection,
+    Outstanding,
+    StatementLine,
+    StatementTotal,
+    TransactionDetail,
+)
 from walletctl.core.sqlerrors import translated
 from walletctl.errors import IdempotencyConflict, InvalidInput
 
@@ -36,7 +43,7 @@ if TYPE_CHECKING:
     from walletctl.core.history import StatementFilter
     from walletctl.core.models import UserSummary
     from walletctl.core.policy import Budget, CreditRequest, Freeze
-    from walletctl.core.summary import PeriodSummary
+    from walletctl.core.summary import ActorTotal, PeriodSummary, ReportFilter
 
 T = TypeVar("T")
 
@@ -151,6 +158,14 @@ def statement(
     return _on_user(proxy, found, user_id, history.statement, where)
 
 
+def statement_totals(
+    proxy: Connection, found: Topology, user_id: str, where: StatementFilter | None = None
+) -> list[StatementTotal]:
+    from walletctl.core import history
+
+    return _on_user(proxy, found, user_id, history.statement_totals, where)
+
+
 def show_user(proxy: Connection, found: Topology, user_id: str) -> UserSummary:
     from walletctl.core import users
 
@@ -230,13 +245,15 @@ def period_summary(
     since: datetime | None = None,
     until: datetime | None = None,
     asset: str | None = None,
+    where: ReportFilter | None = None,
 ) -> list[PeriodSummary]:
-    """Every partition's summary, added up per asset (every column is a sum or a count)."""
+    """Every partition's summary, added up per asset (every column is a sum or a count;
+    the outstanding columns are None on every partition or on none)."""
     from walletctl.core import summary
 
     totals: dict[str, PeriodSummary] = {}
     for _partition, rows in on_every_partition(
-        proxy, found, summary.period_summary, since=since, until=until, asset=asset
+        proxy, found, summary.period_summary, since=since, until=until, asset=asset, where=where
     ):
         for row in rows:
             before = totals.get(row.asset)
@@ -245,14 +262,41 @@ def period_summary(
                 if before is None
                 else replace(
                     before,
-                    **{
-                        f.name: getattr(before, f.name) + getattr(row, f.name)
+                    **{  # type: ignore[arg-type]
+                        f.name: _added(getattr(before, f.name), getattr(row, f.name))
                         for f in fields(row)
                         if f.name != "asset"
                     },
                 )
             )
     return [totals[code] for code in sorted(totals)]
+
+
+def _added(first: int | None, second: int | None) -> int | None:
+    return None if first is None or second is None else first + second
+
+
+def by_actor(
+    proxy: Connection,
+    found: Topology,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    asset: str | None = None,
+    where: ReportFilter | None = None,
+) -> list[ActorTotal]:
+    """Every partition's totals per actor, asset and kind, added up."""
+    from walletctl.core import summary
+
+    totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for _partition, rows in on_every_partition(
+        proxy, found, summary.by_actor, since=since, until=until, asset=asset, where=where
+    ):
+        for row in rows:
+            total = totals[(row.actor, row.asset, row.kind)]
+            total[0] += row.transactions
+            total[1] += row.amount
+    return [summary.ActorTotal(*key, *totals[key]) for key in sorted(totals)]
 
 
 def list_assets(proxy: Connection, found: Topology) -> list[Any]:
@@ -269,9 +313,15 @@ def list_assets(proxy: Connection, found: Topology) -> list[Any]:
 
 def list_users(proxy: Connection, found: Topology, **_: Any) -> Iterator[UserSummary]:
     raise InvalidInput(
-        "user list does not work through a proxy yet; list each partition's users "
-        "(walletctl cluster status lists them)"
+        "user list and balance --all do not work through a proxy yet; list each partition's "
+        "users (walletctl cluster status lists them)"
     )
+
+
+def count_users(proxy: Connection, found: Topology) -> int:
+    """Through a proxy the user listings are refused (list_users) before they count."""
+    list_users(proxy, found)
+    return 0
 
 
 # Bulk files ---------------------------------------------------------------------------

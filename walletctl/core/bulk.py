@@ -48,6 +48,11 @@ OUTCOMES: tuple[Outcome, ...] = (
     "not_found",
     "invalid",
 )
+FAILED_OUTCOMES: frozenset[Outcome] = frozenset(
+    ("conflict", "insufficient", "not_found", "invalid")
+)
+"""Outcomes of rows that were not posted: a file with any of them did not fully post (the
+CLI's exit 9). ``posted`` and ``replayed`` rows are in the ledger."""
 FIELDS = ("user", "amount", "asset", "key", "reason")
 DEFAULT_BATCH_SIZE = 5000
 _BATCH_ATTEMPTS = 3
@@ -98,6 +103,39 @@ class ParsedFile:
     @property
     def total(self) -> int:
         return sum(row.amount for row in self.rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What a file's run came to: rows and their amounts (as in the file, positive) per
+    outcome, invalid rows included."""
+
+    rows: dict[Outcome, int]
+    amounts: dict[Outcome, int]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    @property
+    def failed(self) -> int:
+        """Rows that are not in the ledger."""
+        return sum(self.rows[outcome] for outcome in FAILED_OUTCOMES)
+
+    @property
+    def complete(self) -> bool:
+        """Every row was posted or replayed."""
+        return self.failed == 0
+
+
+def tally(outcomes: Sequence[RowOutcome], invalid: Sequence[InvalidRow] = ()) -> Tally:
+    rows: dict[Outcome, int] = dict.fromkeys(OUTCOMES, 0)
+    amounts: dict[Outcome, int] = dict.fromkeys(OUTCOMES, 0)
+    for outcome in outcomes:
+        rows[outcome.outcome] += 1
+        amounts[outcome.outcome] += outcome.amount or 0
+    rows["invalid"] += len(invalid)
+    return Tally(rows, amounts)
 
 
 def _fields(record: Record) -> dict[str, Any]:

@@ -3,13 +3,17 @@ r"""Export the ledger as text: CSV, JSON lines, an hledger journal, a beancount 
 Everything streams: rows come from a server-side cursor in one REPEATABLE READ snapshot and
 are written as they arrive, so memory stays flat for any size of ledger.
 
-In the journal formats each walletctl transaction is one transaction with two postings,
-the user's account and the Treasury, with walletctl's signs: a user's balance is what
-they hold (positive), the Treasury's is minus everything users hold. Accounts are named
-``Assets:Users:<user>`` and ``Equity:Treasury``; user ids are escaped so any id makes a
-valid account name (letters and digits stay, every other character becomes -XX- with its
-hexadecimal code point). With ``since``, an opening transaction per asset carries every
-balance as of ``since``, so the external tools' balances equal walletctl's at ``until``.
+In the journal formats the ledger is seen from the issuer's books (README "Exports: the
+chart of accounts"): what a user holds is owed by the issuer, a liability,
+``Liabilities:Users:U<user>``; each transaction's other side is the account of its kind:
+``Assets:Clearing:Topups`` (credits sold: the payment side owes or paid their price),
+``Expenses:Bonuses`` (credits given away), ``Income:Spends`` (credits redeemed: revenue);
+a reversal posts to the account of what it reverses. So `hledger bs` shows the outstanding
+credits as a liability and `hledger is` bonuses as an expense and spends as revenue. User
+ids are escaped so any id makes a valid account name (letters and digits stay, every other
+character becomes -XX- with its hexadecimal code point). With ``since``, an opening
+transaction per asset carries every balance as of ``since`` against
+``Equity:Opening-Balances``, so the tools' balances equal walletctl's at ``until``.
 
 No value can change the structure of a file. Free text (reasons, keys, actors) is written
 so that the format's parser reads it back as one value: in beancount, inside a string with
@@ -30,14 +34,28 @@ from typing import Any, Literal, TextIO
 
 from walletctl.cluster.dispatch import on_proxy
 from walletctl.core import csv_cells, validation
-from walletctl.core.models import Connection
+from walletctl.core.models import Connection, iso_time
 from walletctl.core.sqlerrors import translated
+from walletctl.core.summary import TRANSACTION_FILTER_SQL, ReportFilter
 from walletctl.errors import InvalidInput, WalletError
 
 Format = Literal["csv", "jsonl", "ledger", "beancount"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl", "ledger", "beancount")
 FETCH_ROWS = 10_000
-TREASURY_ACCOUNT = "Equity:Treasury"
+
+# The chart of accounts of the journal formats (README: Exports).
+USERS_ACCOUNT = "Liabilities:Users"
+COUNTER_ACCOUNTS = {
+    "topup": "Assets:Clearing:Topups",
+    "bonus": "Expenses:Bonuses",
+    "spend": "Income:Spends",
+}
+OPENING_ACCOUNT = "Equity:Opening-Balances"
+CHART_OF_ACCOUNTS = (*COUNTER_ACCOUNTS.values(), OPENING_ACCOUNT)
+
+# Every time an export writes: ISO 8601 in UTC with microseconds, the form every view of
+# walletctl uses (walletctl.cli.views), made by the server so COPY can stream it.
+ISO_TIME_SQL = """to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
 
 ENTRY_COLUMNS = (
     "entry_id",
@@ -56,8 +74,12 @@ ENTRY_COLUMNS = (
     "reverses",
 )
 
-_ENTRIES_SQL = """
-SELECT e.id AS entry_id, e.transaction_id, e.created_at, t.kind, u.external_id AS "user",
+_ENTRIES_SQL = (
+    """
+SELECT e.id AS entry_id, e.transaction_id, """
+    + ISO_TIME_SQL.format(column="e.created_at")
+    + """ AS created_at,
+       t.kind, u.external_id AS "user",
        CASE WHEN e.account_id = 0 THEN 'Treasury' ELSE u.external_id END AS account,
        s.code AS asset, e.amount, e.balance_after, t.idempotency_key, t.reason, t.actor,
        t.on_behalf_of, t.reverses
@@ -66,20 +88,31 @@ JOIN transactions t ON t.id = e.transaction_id
 JOIN accounts u ON u.id = t.account_id
 JOIN asset_types s ON s.id = e.asset_id
 WHERE e.created_at >= %(since)s AND e.created_at < %(until)s
+"""
+    + TRANSACTION_FILTER_SQL
+    + """
 ORDER BY e.id
 """
+)
 
-# One row per transaction, its user's posting in it (the Treasury's is its negation).
-_TRANSACTIONS_SQL = """
+# One row per transaction: its user's entry (the other side is its negation) and, for a
+# reversal, the kind of what it reverses (whose counter-account it posts to).
+_TRANSACTIONS_SQL = (
+    """
 SELECT t.id, t.created_at, t.kind, u.external_id, s.code, e.amount, t.idempotency_key,
-       t.reason, t.actor, t.on_behalf_of, t.reverses
+       t.reason, t.actor, t.on_behalf_of, t.reverses, target.kind
 FROM transactions t
 JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = t.account_id
 JOIN accounts u ON u.id = t.account_id
 JOIN asset_types s ON s.id = t.asset_id
+LEFT JOIN transactions target ON target.id = t.reverses
 WHERE t.created_at >= %(since)s AND t.created_at < %(until)s
+"""
+    + TRANSACTION_FILTER_SQL
+    + """
 ORDER BY t.id
 """
+)
 
 # Balances as of `since`: the last entry before it, per user and asset.
 _OPENING_SQL = """
@@ -107,7 +140,7 @@ def account_name(user_id: str) -> str:
     escaped = "".join(
         char if char.isascii() and char.isalnum() else f"-{ord(char):X}-" for char in user_id
     )
-    return f"Assets:Users:U{escaped}"
+    return f"{USERS_ACCOUNT}:U{escaped}"
 
 
 @on_proxy("export")
@@ -119,21 +152,26 @@ def export(
     since: datetime | None = None,
     until: datetime | None = None,
     raw_csv: bool = False,
+    where: ReportFilter | None = None,
 ) -> int:
-    """Write the ledger (entries with created_at in [since, until)) to ``out``. Returns the
-    number of rows (csv, jsonl: entries; ledger, beancount: transactions) written.
-    ``raw_csv`` writes CSV cells as they are, for programs rather than spreadsheets."""
+    """Write the ledger (entries with created_at in [since, until), of the transactions
+    ``where`` selects) to ``out``. Returns the number of rows (csv, jsonl: entries; ledger,
+    beancount: transactions) written. ``raw_csv`` writes CSV cells as they are, for
+    programs rather than spreadsheets. A filtered journal is a selection, not a ledger: it
+    has no opening balances."""
     if fmt not in FORMATS:
         raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    where = where or ReportFilter()
     start, end = validation.period(since, until)
-    params = {"since": start, "until": end}
+    params = {"since": start, "until": end, **where.params()}
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if fmt == "csv":
             return _csv(conn, out, params, raw=raw_csv)
         if fmt == "jsonl":
             return _jsonl(conn, out, params)
-        return _journal(conn, out, params, beancount=fmt == "beancount", since=since)
+        opening = since if where.selects_all else None
+        return _journal(conn, out, params, beancount=fmt == "beancount", since=opening)
 
 
 def _rows(
@@ -191,10 +229,6 @@ def _copy_out(conn: Connection, out: TextIO, query: str, params: dict[str, Any])
                 out.write(bytes(block).decode("utf-8"))
         # The server's count of rows: a quoted CSV value may hold line breaks of its own.
         return cursor.rowcount
-
-
-def _text(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 # What beancount reads back inside a string: with these escaped, nothing ends the string
@@ -282,12 +316,16 @@ def _journal(
             actor,
             on_behalf_of,
             reverses,
+            reversed_kind,
         ) = row
         day = created_at.astimezone(UTC).date().isoformat()
         what = f"{kind} {transaction_id}" + (f" reverses {reverses}" if reverses else "")
         narration = f"{what}: {reason}" if reason else what
         account = account_name(user)
+        counter = COUNTER_ACCOUNTS[reversed_kind or kind]
         commodity = commodities.get(asset) or commodities.setdefault(asset, _commodity(asset))
+        # The user's entry moves what the issuer owes: a liability, credit-normal, so a
+        # credit to the user is a negative posting to their account.
         if beancount:
             out.write(f"{day} * {_quote(narration)}\n")
             out.write(f"  transaction_id: {transaction_id}\n")
@@ -295,9 +333,9 @@ def _journal(
             out.write(f"  actor: {_quote(actor)}\n")
             if on_behalf_of is not None:
                 out.write(f"  on_behalf_of: {_quote(on_behalf_of)}\n")
-            out.write(f"  time: {_quote(created_at.astimezone(UTC).isoformat())}\n")
-            out.write(f"  {account}  {amount} {commodity}\n")
-            out.write(f"  {TREASURY_ACCOUNT}  {-amount} {commodity}\n\n")
+            out.write(f"  time: {_quote(iso_time(created_at))}\n")
+            out.write(f"  {account}  {-amount} {commodity}\n")
+            out.write(f"  {counter}  {amount} {commodity}\n\n")
         else:
             note = _hledger_text(narration, ";")
             behalf = f", on_behalf_of:{_tag(on_behalf_of)}" if on_behalf_of is not None else ""
@@ -305,8 +343,8 @@ def _journal(
                 f"{day} * {note}  ; transaction:{transaction_id}, actor:{_tag(actor)}{behalf}, "
                 f"key:{_tag(key)}\n"
             )
-            out.write(f'    {account}  {amount} "{commodity}"\n')
-            out.write(f'    {TREASURY_ACCOUNT}  {-amount} "{commodity}"\n\n')
+            out.write(f'    {account}  {-amount} "{commodity}"\n')
+            out.write(f'    {counter}  {amount} "{commodity}"\n\n')
         count += 1
     return count
 
@@ -320,7 +358,8 @@ def _beancount_header(conn: Connection, out: TextIO) -> None:
     """Beancount wants every account and commodity opened before use (on any date not
     after it); the opens stream from the accounts table."""
     out.write('option "title" "walletctl ledger"\n\n')
-    out.write(f"1970-01-01 open {TREASURY_ACCOUNT}\n")
+    for chart_account in CHART_OF_ACCOUNTS:
+        out.write(f"1970-01-01 open {chart_account}\n")
     for (code,) in conn.execute("SELECT code FROM asset_types ORDER BY code"):
         out.write(f"1970-01-01 commodity {_commodity(code)}\n")
     for row in _rows(conn, _ACCOUNTS_SQL, {}, name="walletctl_export_accounts"):
@@ -336,7 +375,7 @@ def _opening_balances(conn: Connection, out: TextIO, since: datetime, *, beancou
 
     def close(asset: str, total: int) -> None:
         suffix = asset if beancount else f'"{asset}"'
-        out.write(f"  {TREASURY_ACCOUNT}  {-total} {suffix}\n\n")
+        out.write(f"  {OPENING_ACCOUNT}  {total} {suffix}\n\n")
 
     for asset, user, balance in _rows(
         conn, _OPENING_SQL, {"since": since}, name="walletctl_export_opening"
@@ -351,7 +390,7 @@ def _opening_balances(conn: Connection, out: TextIO, since: datetime, *, beancou
                 if beancount
                 else f"{day} * opening balances of {asset} as of {since.isoformat()}\n"
             )
-        out.write(f"  {account_name(user)}  {balance} {commodity}\n")
+        out.write(f"  {account_name(user)}  {-balance} {commodity}\n")
         total += balance
     if current_asset is not None:
         close(current_asset, total)

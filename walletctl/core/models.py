@@ -8,9 +8,13 @@ from typing import Any, Literal
 
 import psycopg
 
+from walletctl.core.values import balance_change, iso_time
+
 PostingKind = Literal["topup", "bonus", "spend"]
 TransactionKind = Literal["topup", "bonus", "spend", "reversal"]
 TREASURY_ACCOUNT_ID = 0
+__all__ = ["balance_change", "iso_time"]  # re-exported: defined without psycopg
+
 
 Connection = psycopg.Connection[Any]
 
@@ -77,6 +81,15 @@ class StatementLine:
 
 
 @dataclass(frozen=True, slots=True)
+class StatementTotal:
+    """What the lines a statement's filters select add up to, for one asset."""
+
+    asset: str
+    entries: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     entry_id: int
     account: str
@@ -91,6 +104,9 @@ class TransactionDetail:
     user_id: str
     asset: str
     amount: int
+    """As stored: positive, whatever the kind."""
+    user_amount: int
+    """What it did to the user's balance: negative for a spend or the reversal of a credit."""
     idempotency_key: str
     reason: str | None
     actor: str
@@ -109,7 +125,9 @@ class TransactionDetail:
 class UserSummary:
     user_id: str
     created_at: datetime
-    balances: tuple[tuple[str, int], ...]
-    transactions: int
+    balances: tuple[Balance, ...]
+    """One per asset type, held or not (0), in code order: the shape `balance` has."""
+    transactions: int | None
+    """How many entries the user has (None when not asked for: ``balance --all``)."""
     frozen: bool = False
     """Frozen (walletctl user freeze): no spends or credits until unfrozen."""
