@@ -78,18 +78,23 @@ process."""
 def _run_worker(worker: Worker, index: int, barrier: Any, start_at: Any, results: Any) -> None:
     barrier.wait()
     count, latencies, *cpu = worker(index, start_at.value)
-    results.put((count, latencies, time.monotonic(), cpu[0] if cpu else 0.0))
+    results.put((index, count, latencies, time.monotonic(), cpu[0] if cpu else 0.0))
 
 
-def run_clients(worker: Worker, clients: int, seconds: float) -> Timing:
-    """Run ``clients`` processes of ``worker`` together for ``seconds``; pool their timings."""
+def run_groups(groups: Sequence[tuple[Worker, int]], seconds: float) -> list[Timing]:
+    """Run every group's ``count`` processes of its worker, all together, for ``seconds``;
+    one Timing per group (postings and reports side by side, say)."""
     context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(clients + 1)
+    total = sum(count for _, count in groups)
+    barrier = context.Barrier(total + 1)
     start_at = context.Value("d", 0.0)
     results = context.Queue()
+    group_of = [group for group, (_, count) in enumerate(groups) for _ in range(count)]
     processes = [
-        context.Process(target=_run_worker, args=(worker, index, barrier, start_at, results))
-        for index in range(clients)
+        context.Process(
+            target=_run_worker, args=(groups[group][0], index, barrier, start_at, results)
+        )
+        for index, group in enumerate(group_of)
     ]
     for process in processes:
         process.start()
@@ -104,14 +109,23 @@ def run_clients(worker: Worker, clients: int, seconds: float) -> Timing:
         process.join()
         if process.exitcode != 0:
             raise RuntimeError(f"a benchmark client failed (exit {process.exitcode})")
-    elapsed = max(outcome[2] for outcome in outcomes) - begin
-    latencies = [latency for outcome in outcomes for latency in outcome[1]]
-    return Timing(
-        sum(outcome[0] for outcome in outcomes),
-        elapsed,
-        latencies,
-        sum(outcome[3] for outcome in outcomes),
-    )
+    timings = []
+    for group in range(len(groups)):
+        mine = [outcome for outcome in outcomes if group_of[outcome[0]] == group]
+        timings.append(
+            Timing(
+                sum(outcome[1] for outcome in mine),
+                max(outcome[3] for outcome in mine) - begin,
+                [latency for outcome in mine for latency in outcome[2]],
+                sum(outcome[4] for outcome in mine),
+            )
+        )
+    return timings
+
+
+def run_clients(worker: Worker, clients: int, seconds: float) -> Timing:
+    """Run ``clients`` processes of ``worker`` together for ``seconds``; pool their timings."""
+    return run_groups([(worker, clients)], seconds)[0]
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import text
 
-from walletctl.migrate import MIGRATION_LOCK_ID, sqlalchemy_url
+from walletctl.migrate import MIGRATION_LOCK_ID, engine
 from walletctl.schema import metadata
 
 config = context.config
@@ -38,7 +38,7 @@ def _database_url() -> str:
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=sqlalchemy_url(_database_url()),
+        url="postgresql+psycopg://",  # offline: SQL for PostgreSQL, no connection
         target_metadata=metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
@@ -48,8 +48,8 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(sqlalchemy_url(_database_url()), poolclass=pool.NullPool)
-    with engine.connect() as connection:
+    database = engine(_database_url())
+    with database.connect() as connection:
         context.configure(
             connection=connection, target_metadata=metadata, compare_server_default=True
         )
@@ -62,7 +62,7 @@ def run_migrations_online() -> None:
             # handed over by privileges.sql).
             connection.execute(text(SET_OWNER_ROLE_SQL))
             context.run_migrations()
-    engine.dispose()
+    database.dispose()
 
 
 if context.is_offline_mode():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,13 @@ import pytest
 from walletctl import embedded, migrate
 from walletctl.core import assets
 
+from . import servers
 from .cli_helpers import Cli
+
+ROUTES = ("direct", "pgbouncer")
+through_pgbouncer_too = pytest.mark.parametrize("route", ROUTES, indirect=True)
+"""Run a test twice: straight to PostgreSQL, and through PgBouncer in transaction pooling
+(the ``conn``, ``connect``, ``cli`` fixtures and ``routed`` go the test's way)."""
 
 WALLETCTL_TABLES_SQL = (
     "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables "
@@ -79,6 +85,82 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def pgbouncer(server_url: str) -> Iterator[servers.PgBouncer]:
+    """PgBouncer in transaction pooling in front of the tests' server, 8 server connections
+    per database and user (so concurrent clients share them), on a free local port."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(server_url)
+    if "WALLETCTL_TEST_DATABASE_URL" not in os.environ:
+        pytest.skip("PgBouncer runs in front of a server named by WALLETCTL_TEST_DATABASE_URL")
+    bouncer = servers.start_pgbouncer(
+        str(params.get("host") or "/var/run/postgresql"), int(params.get("port") or 5432)
+    )
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.fixture
+def route(request: pytest.FixtureRequest) -> str:
+    """How the test reaches PostgreSQL: "direct", or "pgbouncer" (through_pgbouncer_too)."""
+    return str(getattr(request, "param", "direct"))
+
+
+@pytest.fixture
+def routed(route: str, request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """The URL a client of this test uses for a database URL: itself, or through PgBouncer."""
+    if route == "direct":
+        return lambda url: url
+    bouncer: servers.PgBouncer = request.getfixturevalue("pgbouncer")
+    return bouncer.route
+
+
+def library_connection(url: str, pooled: bool) -> psycopg.Connection[Any]:
+    """A connection as a service using walletctl's core opens one: behind a transaction
+    pooler (``pooled``), without server-side prepared statements (prepare_threshold=None)."""
+    if pooled:
+        return psycopg.connect(url, autocommit=True, prepare_threshold=None)
+    return psycopg.connect(url, autocommit=True)
+
+
+@dataclass
+class Replication:
+    """A primary and its streaming standby of the tests' own, with a migrated ``wallet``
+    database and two login roles: ``wl_ops`` (operator, batch, finance) and ``wl_finance``."""
+
+    servers: servers.ReplicatedServers
+    database: str = "wallet"
+
+    def primary_url(self, user: str = "wl_ops") -> str:
+        return self.servers.primary.url(self.database, user)
+
+    def standby_url(self, user: str = "wl_ops") -> str:
+        return self.servers.standby.url(self.database, user)
+
+    @property
+    def standby_server(self) -> str:
+        return f"127.0.0.1:{self.servers.standby.port}"
+
+    def wait_for_replay(self) -> None:
+        servers.wait_for_replay(self.primary_url("postgres"), self.standby_url("postgres"))
+
+
+@pytest.fixture(scope="session")
+def replication() -> Iterator[Replication]:
+    """Started once, for the tests that ask; stopped at the end of the session, even after
+    a failure."""
+    with servers.primary_and_standby() as started:
+        with psycopg.connect(started.primary.url(), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE wallet")
+        migrate.upgrade(started.primary.url("wallet"))
+        create_login_role(started.primary.url(), "wl_ops", "operator", "batch", "finance")
+        create_login_role(started.primary.url(), "wl_finance", "finance")
+        replicated = Replication(started)
+        replicated.wait_for_replay()
+        yield replicated
+
+
+@pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
     """A fresh database, migrated to head by alembic, dropped after the session."""
     name = f"walletctl_test_{uuid.uuid4().hex[:12]}"
@@ -103,9 +185,10 @@ def ops_role(server_url: str, database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def ops_url(clean_db: str, ops_role: str) -> str:
-    """The emptied session database, logged in as ``ops_role``."""
-    return with_user(clean_db, ops_role)
+def ops_url(clean_db: str, ops_role: str, routed: Callable[[str], str]) -> str:
+    """The emptied session database, logged in as ``ops_role`` (through PgBouncer for a
+    test marked through_pgbouncer_too)."""
+    return routed(with_user(clean_db, ops_role))
 
 
 def truncate_everything(url: str) -> None:
@@ -126,21 +209,21 @@ def clean_db(database_url: str) -> str:
 
 
 @pytest.fixture
-def conn(ops_url: str) -> Iterator[psycopg.Connection[Any]]:
+def conn(ops_url: str, route: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection, as an operator, to an empty ledger with the asset GOLD."""
-    with psycopg.connect(ops_url, autocommit=True) as connection:
+    with library_connection(ops_url, route == "pgbouncer") as connection:
         assets.add_asset(connection, "GOLD", "Gold Coins")
         yield connection
 
 
 @pytest.fixture
-def connect(ops_url: str) -> Iterator[Any]:
+def connect(ops_url: str, route: str) -> Iterator[Any]:
     """Open more connections to the same ledger as an operator (for concurrency tests); all
     are closed."""
     opened: list[psycopg.Connection[Any]] = []
 
     def open_one() -> psycopg.Connection[Any]:
-        connection = psycopg.connect(ops_url, autocommit=True)
+        connection = library_connection(ops_url, route == "pgbouncer")
         opened.append(connection)
         return connection
 
@@ -232,15 +315,17 @@ class Ledger:
     """One ledger as the concurrency suites see it: where postings go (a database, or a
     proxy in front of partitions) and the databases that hold its rows, read as superuser."""
 
-    def __init__(self, post_url: str, holders: tuple[str, ...]) -> None:
+    def __init__(self, post_url: str, holders: tuple[str, ...], *, pooled: bool = False) -> None:
         self.post_url = post_url
         self.holders = holders
         self.proxied = len(holders) > 1
+        self.pooled = pooled
+        """Through PgBouncer in transaction pooling: no server-side prepared statements."""
         self._opened: list[psycopg.Connection[Any]] = []
         self.conn = self.connect()
 
     def connect(self) -> psycopg.Connection[Any]:
-        connection = psycopg.connect(self.post_url, autocommit=True)
+        connection = library_connection(self.post_url, self.pooled)
         self._opened.append(connection)
         return connection
 
@@ -280,12 +365,24 @@ class Ledger:
         return direct if not self.proxied else min(direct, 16)
 
 
+ledgers_and_pgbouncer = pytest.mark.parametrize(
+    "ledger", ["direct", "proxy", "pgbouncer"], indirect=True
+)
+"""A concurrency test on every ledger, and once more straight to one database through
+PgBouncer in transaction pooling."""
+
+
 @pytest.fixture(params=["direct", "proxy"])
 def ledger(request: pytest.FixtureRequest, ops_role: str) -> Iterator[Ledger]:
-    """An empty ledger with GOLD, posted to as an operator: directly, or through a proxy."""
+    """An empty ledger with GOLD, posted to as an operator: directly, or through a proxy
+    (or, for ledgers_and_pgbouncer, through PgBouncer)."""
     if request.param == "direct":
         database = request.getfixturevalue("clean_db")
         found = Ledger(with_user(database, ops_role), (database,))
+    elif request.param == "pgbouncer":
+        database = request.getfixturevalue("clean_db")
+        bouncer: servers.PgBouncer = request.getfixturevalue("pgbouncer")
+        found = Ledger(bouncer.route(with_user(database, ops_role)), (database,), pooled=True)
     else:
         urls = request.getfixturevalue("clean_cluster")
         found = Ledger(with_user(urls.proxy, ops_role), urls.partitions)

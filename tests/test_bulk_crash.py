@@ -19,6 +19,7 @@ from walletctl.core import bulk
 
 from . import embedded_helpers
 from .cli_helpers import run_process
+from .conftest import through_pgbouncer_too
 from .helpers import assert_ledger_consistent
 
 # Data folders the embedded server's account can reach as root (conftest's are in a 0700
@@ -104,9 +105,9 @@ def assert_every_row_once(url: str, expected: dict[str, int], file: str) -> None
 
 
 @pytest.fixture
-def env(clean_db: str) -> dict[str, str]:
+def env(clean_db: str, routed: Callable[[str], str]) -> dict[str, str]:
     environment = {
-        "WALLETCTL_DATABASE_URL": clean_db,
+        "WALLETCTL_DATABASE_URL": routed(clean_db),
         "WALLETCTL_CONFIG": os.devnull,  # no config file
         "WALLETCTL_ACTOR": "cron",
     }
@@ -124,6 +125,7 @@ def _start(file: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+@through_pgbouncer_too
 def test_kill_9_mid_batch_then_run_again(
     env: dict[str, str], clean_db: str, tmp_path: Path
 ) -> None:
@@ -140,6 +142,7 @@ def test_kill_9_mid_batch_then_run_again(
     assert_every_row_once(clean_db, expected, file)
 
 
+@through_pgbouncer_too
 def test_connection_dropped_mid_run_then_run_again(
     env: dict[str, str], clean_db: str, tmp_path: Path
 ) -> None:
@@ -162,6 +165,7 @@ def test_connection_dropped_mid_run_then_run_again(
     assert_every_row_once(clean_db, expected, file)
 
 
+@through_pgbouncer_too
 def test_a_second_run_of_the_same_file_at_once_exits_with_a_clear_message(
     env: dict[str, str], clean_db: str, tmp_path: Path
 ) -> None:

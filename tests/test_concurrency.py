@@ -19,7 +19,7 @@ from walletctl.core import assets, posting
 from walletctl.core.models import Receipt
 from walletctl.errors import AlreadyReversed, InsufficientFunds, WalletError
 
-from .conftest import Ledger
+from .conftest import Ledger, ledgers_and_pgbouncer, library_connection
 from .helpers import assert_ledger_consistent, balance_of
 
 Conn = psycopg.Connection[Any]
@@ -38,6 +38,7 @@ def _run_together(workers: int, job: Callable[[int], Any]) -> list[Any]:
         return list(pool.map(released, range(workers)))
 
 
+@ledgers_and_pgbouncer
 def test_concurrent_spends_of_ten_on_ten_times_fewer(ledger: Ledger) -> None:
     """50 spends of 10 on 200 (16 through a proxy, on 60): exactly as many post as fit."""
     workers = ledger.workers(50)
@@ -60,6 +61,7 @@ def test_concurrent_spends_of_ten_on_ten_times_fewer(ledger: Ledger) -> None:
     ledger.assert_consistent()
 
 
+@ledgers_and_pgbouncer
 def test_racing_identical_keys_post_once_and_all_get_its_receipt(ledger: Ledger) -> None:
     workers = ledger.workers(32)
     connections = [ledger.connect() for _ in range(workers)]
@@ -76,6 +78,7 @@ def test_racing_identical_keys_post_once_and_all_get_its_receipt(ledger: Ledger)
     ledger.assert_consistent()
 
 
+@ledgers_and_pgbouncer
 def test_racing_identical_keys_on_an_existing_user_with_spends(ledger: Ledger) -> None:
     posting.topup(ledger.conn, "alice", 1000, idempotency_key="fund", **OPS)
     workers = ledger.workers(32)
@@ -90,19 +93,22 @@ def test_racing_identical_keys_on_an_existing_user_with_spends(ledger: Ledger) -
     ledger.assert_consistent()
 
 
-def _race_in_process(url: str, barrier: Any, results: Any) -> None:
-    with psycopg.connect(url, autocommit=True) as connection:
+def _race_in_process(url: str, pooled: bool, barrier: Any, results: Any) -> None:
+    with library_connection(url, pooled) as connection:
         barrier.wait()
         receipt = posting.topup(connection, "carol", 9, idempotency_key="proc", **OPS)
         results.put((receipt.transaction_id, receipt.replayed))
 
 
+@ledgers_and_pgbouncer
 def test_racing_identical_keys_from_separate_processes(ledger: Ledger) -> None:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(8)
     results = context.Queue()
     processes = [
-        context.Process(target=_race_in_process, args=(ledger.post_url, barrier, results))
+        context.Process(
+            target=_race_in_process, args=(ledger.post_url, ledger.pooled, barrier, results)
+        )
         for _ in range(8)
     ]
     for process in processes:

@@ -8,7 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from walletctl.config import load_settings, mask_url, resolve_target
+from walletctl.config import load_settings, resolve_target
+from walletctl.conninfo import masked
 from walletctl.database import SCHEMA_HEAD
 from walletctl.errors import InvalidInput
 
@@ -59,7 +60,7 @@ def test_a_broken_config_file_is_an_error_not_ignored(config_file: Path, text: s
 
 
 @pytest.mark.parametrize(
-    ("url", "masked"),
+    ("url", "expected"),
     [
         ("postgresql://u:s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
         (
@@ -67,10 +68,23 @@ def test_a_broken_config_file_is_an_error_not_ignored(config_file: Path, text: s
             "postgresql://u@h/db?password=***&sslmode=require",
         ),
         ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://u:pa/ss@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:pa#ss?x@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:p@ss@h/db?sslmode=require", "postgresql://u:***@h/db?sslmode=require"),
+        ("postgresql://u:p%2Fss@h1:5432,h2:5433/db", "postgresql://u:***@h1:5432,h2:5433/db"),
+        (
+            "postgresql://h/db?password=a&b&sslmode=require",
+            "postgresql://h/db?password=***&sslmode=require",
+        ),
+        ("host=h password=s3cret dbname=db", "host=h password=*** dbname=db"),
+        ("host=h password='s3 cr/et#?' dbname=db", "host=h password=*** dbname=db"),
+        ("host=h password = s3cret", "host=h password = ***"),
+        ("host=h password s3cret", "host=h password ***"),
+        ("host=h password='unterminated", "host=h password=***"),
     ],
 )
-def test_passwords_are_masked(url: str, masked: str) -> None:
-    assert mask_url(url) == masked
+def test_passwords_are_masked(url: str, expected: str) -> None:
+    assert masked(url) == expected
 
 
 def _status(cli: Cli, *args: str) -> dict[str, object]:

@@ -10,7 +10,6 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
 
 from walletctl import database, migrate
 from walletctl.errors import SchemaOutOfDate
@@ -46,7 +45,7 @@ def _schema_objects(url: str) -> dict[str, list[Any]]:
 
 
 def test_migrations_match_the_table_description(database_url: str) -> None:
-    engine = create_engine(migrate.sqlalchemy_url(database_url))
+    engine = migrate.engine(database_url)
     with engine.connect() as connection:
         differences = compare_metadata(
             MigrationContext.configure(connection, opts={"compare_server_default": True}),

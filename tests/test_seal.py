@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -16,6 +17,7 @@ from walletctl.core.reconcile import reconcile
 from walletctl.errors import ConcurrentRun
 
 from .cli_helpers import Cli
+from .conftest import through_pgbouncer_too
 
 Conn = psycopg.Connection[Any]
 OPS = {"on_behalf_of": "ops", "asset": "GOLD"}
@@ -44,12 +46,18 @@ def _checks(report: Any) -> dict[str, Any]:
 
 
 def _tamper(url: str, sql: str) -> None:
-    """What a superuser with psql could do: switch the guards off, change history."""
+    """What a superuser with psql could do: switch the guards off, change history. Its
+    session's counts of updated and deleted rows reach PostgreSQL's statistics before this
+    returns (a backend flushes them at most once a second, or when it exits, after the
+    client has moved on), so the reconcile that follows cannot race them."""
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute("SET session_replication_role = replica")
         admin.execute(sql)
+        admin.execute("SELECT pg_stat_force_next_flush()")
+        admin.execute("SELECT 1")  # flushed before this statement's answer
 
 
+@through_pgbouncer_too
 def test_seal_chains_checkpoints_and_reconcile_goes_incremental(conn: Conn) -> None:
     first_ids = _post_some(conn, "a")
     first = seal.seal(conn)
@@ -73,8 +81,9 @@ def test_seal_chains_checkpoints_and_reconcile_goes_incremental(conn: Conn) -> N
     assert reconcile(conn, full=True).passed
 
 
+@through_pgbouncer_too
 def test_editing_a_sealed_amount_is_named_by_checkpoint_and_transaction(
-    conn: Conn, clean_db: str
+    conn: Conn, clean_db: str, routed: Callable[[str], str]
 ) -> None:
     ids = _post_some(conn, "a")
     checkpoint = seal.seal(conn)
@@ -87,7 +96,7 @@ def test_editing_a_sealed_amount_is_named_by_checkpoint_and_transaction(
         f"{victim} AND account_id <> 0",
     )
 
-    result = Cli(clean_db)("reconcile", "--json")
+    result = Cli(routed(clean_db))("reconcile", "--json")
     assert result.exit_code == 7
     body = json.loads(result.stdout)
     sealed = {check["check"]: check for check in body["checks"]}["sealed_history_unchanged"]
@@ -99,6 +108,7 @@ def test_editing_a_sealed_amount_is_named_by_checkpoint_and_transaction(
     assert "tripwire" in result.stderr
 
 
+@through_pgbouncer_too
 def test_a_consistent_rewrite_of_history_is_still_caught(conn: Conn, clean_db: str) -> None:
     """Both entries, the transaction and the balances changed together: every invariant
     still holds, only the seal knows."""
@@ -132,6 +142,7 @@ def test_a_consistent_rewrite_of_history_is_still_caught(conn: Conn, clean_db: s
     assert named[0] == str(victim), example
 
 
+@through_pgbouncer_too
 def test_deleting_a_sealed_transaction_is_caught(conn: Conn, clean_db: str) -> None:
     ids = _post_some(conn, "a", count=10)
     assert seal.seal(conn) is not None
@@ -146,6 +157,7 @@ def test_deleting_a_sealed_transaction_is_caught(conn: Conn, clean_db: str) -> N
     assert "sealed, " in sealed.examples[0]
 
 
+@through_pgbouncer_too
 def test_truncating_the_ledger_trips_the_wire(conn: Conn, clean_db: str) -> None:
     _post_some(conn, "a", count=5)
     assert seal.seal(conn) is not None
@@ -155,6 +167,7 @@ def test_truncating_the_ledger_trips_the_wire(conn: Conn, clean_db: str) -> None
     assert any("truncated or rewritten" in note for note in report.notes)
 
 
+@through_pgbouncer_too
 def test_editing_a_stored_checkpoint_breaks_the_chain(conn: Conn, clean_db: str) -> None:
     _post_some(conn, "a", count=5)
     assert seal.seal(conn) is not None
@@ -166,6 +179,7 @@ def test_editing_a_stored_checkpoint_breaks_the_chain(conn: Conn, clean_db: str)
     assert not reconcile(conn).passed
 
 
+@through_pgbouncer_too
 def test_incremental_reconcile_checks_new_rows_and_all_totals(conn: Conn, clean_db: str) -> None:
     _post_some(conn, "a", count=10)
     assert seal.seal(conn) is not None
@@ -181,6 +195,7 @@ def test_incremental_reconcile_checks_new_rows_and_all_totals(conn: Conn, clean_
     assert not _checks(report)["zero_sum_per_transaction"].passed
 
 
+@through_pgbouncer_too
 def test_a_drifted_cache_of_an_untouched_user_fails_the_asset_totals(
     conn: Conn, clean_db: str
 ) -> None:
@@ -196,6 +211,7 @@ def test_a_drifted_cache_of_an_untouched_user_fails_the_asset_totals(
     assert not _checks(report)["cached_balances_match_ledger"].passed
 
 
+@through_pgbouncer_too
 def test_seal_waits_for_a_posting_in_flight_below_the_horizon(
     conn: Conn, clean_db: str, connect: Any
 ) -> None:
@@ -223,6 +239,7 @@ def test_seal_waits_for_a_posting_in_flight_below_the_horizon(
     assert checkpoints.verify_history(conn)[1] == []
 
 
+@through_pgbouncer_too
 def test_seal_gives_up_on_a_posting_that_stays_in_flight(conn: Conn, connect: Any) -> None:
     slow = connect()
     slow.execute("BEGIN")
@@ -233,6 +250,7 @@ def test_seal_gives_up_on_a_posting_that_stays_in_flight(conn: Conn, connect: An
     slow.execute("ROLLBACK")
 
 
+@through_pgbouncer_too
 def test_seal_waits_for_a_posting_with_a_lower_id_but_a_later_xid(conn: Conn, connect: Any) -> None:
     # T1 takes its xid after T2 but draws the lower transaction id; T2 commits. The
     # snapshot then lists no running transaction below its xmax (T1's xid is above it), yet
@@ -267,8 +285,11 @@ def test_a_long_transaction_in_another_database_does_not_hold_the_seal(
     assert checkpoint is not None and checkpoint.transactions == 1
 
 
-def test_seal_cli_refuses_to_seal_a_broken_ledger(clean_db: str) -> None:
-    cli = Cli(clean_db)
+@through_pgbouncer_too
+def test_seal_cli_refuses_to_seal_a_broken_ledger(
+    clean_db: str, routed: Callable[[str], str]
+) -> None:
+    cli = Cli(routed(clean_db))
     cli("asset", "add", "GOLD", "Gold Coins")
     cli("topup", "alice", "10")
     sealed = cli("seal", "--json")

@@ -7,8 +7,6 @@ Used by tests/test_sql_home.py to compare the two catalogs; imports SQLAlchemy.
 from __future__ import annotations
 
 import psycopg
-from sqlalchemy import create_engine
-from sqlalchemy.pool import NullPool
 
 from walletctl import migrate, roles
 from walletctl.database import SCHEMA_HEAD
@@ -19,7 +17,7 @@ def build_current(url: str) -> None:
     """Create the schema as this walletctl defines it today, stamped at its head."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(roles.read_sql("roles"))
-    engine = create_engine(migrate.sqlalchemy_url(url), poolclass=NullPool)
+    engine = migrate.engine(url)
     metadata.create_all(engine)
     engine.dispose()
     with psycopg.connect(url) as conn:

@@ -1,7 +1,14 @@
 """Where the database is, and the few settings an operator can change.
 
-Resolution order for the database: ``--database-url`` > ``WALLETCTL_DATABASE_URL`` > the
-config file's ``database_url`` > the embedded server in the data directory.
+Resolution order for the database (the primary, where everything is written):
+``--database-url`` > ``WALLETCTL_DATABASE_URL`` > the config file's ``database_url`` > the
+PG* environment variables when they name a server (PGHOST, PGHOSTADDR, PGPORT,
+PGDATABASE, PGSERVICE) > the embedded server in the data directory.
+
+Reports may read from another server (a streaming standby): ``--read-url`` >
+``WALLETCTL_READ_URL`` > the config file's ``read_url``; none by default.
+
+Connection strings are any form libpq reads, passed to it as written (walletctl.conninfo).
 """
 
 from __future__ import annotations
@@ -12,15 +19,34 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from walletctl import conninfo
 from walletctl.errors import InvalidInput
 
 APP_NAME = "walletctl"
 DEFAULT_CONFIRM_ABOVE = 100_000
-URL_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+CONFIG_KEYS = frozenset(
+    ("database_url", "read_url", "data_dir", "confirm_above", "prepared_statements")
+)
 
-Source = Literal["--database-url", "WALLETCTL_DATABASE_URL", "config file", "embedded"]
+Source = Literal[
+    "--database-url",
+    "WALLETCTL_DATABASE_URL",
+    "config file",
+    "PG environment",
+    "embedded",
+    "--read-url",
+    "WALLETCTL_READ_URL",
+]
+
+SERVER_ENVIRONMENT = ("PGSERVICE", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE")
+"""libpq's variables that choose a server. Set (and not empty), they name the server
+walletctl uses when it has no URL of its own, never its embedded one. PGUSER, PGPASSWORD,
+PGSSLMODE and the others apply to whatever server is used, but choose none."""
+
+PreparedStatements = Literal["auto", "on", "off"]
+"""Server-side prepared statements: "auto" uses them unless a connection pooler sits
+between walletctl and PostgreSQL (PgBouncer in transaction pooling cannot keep them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,19 +57,33 @@ class Settings:
     database_url: str | None = None
     data_dir: Path | None = None
     confirm_above: int = DEFAULT_CONFIRM_ABOVE
+    read_url: str | None = None
+    prepared_statements: PreparedStatements = "auto"
 
 
 @dataclass(frozen=True, slots=True)
 class DatabaseTarget:
-    """Where to connect: a server URL, or the embedded server kept in ``data_dir``."""
+    """Where to connect: a libpq connection string (``url``, any form; empty when the PG*
+    environment says it all), or the embedded server kept in ``data_dir``."""
 
     source: Source
     url: str | None
     data_dir: Path | None
+    reason: str = ""
+    """Why this server, for `db status`: the variables that named it, say."""
 
     @property
     def embedded(self) -> bool:
         return self.url is None
+
+    @property
+    def shown(self) -> str:
+        """The connection string for people to read (password masked)."""
+        if self.url is None:
+            return f"embedded server in {self.data_dir}"
+        if self.url == "":
+            return f"libpq defaults and {self.reason}"
+        return conninfo.masked(self.url)
 
 
 def config_path() -> Path:
@@ -111,17 +151,12 @@ def load_settings() -> Settings:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"cannot read config file {path}: {exc}") from exc
-    unknown = set(values) - {"database_url", "data_dir", "confirm_above"}
+    unknown = set(values) - CONFIG_KEYS
     if unknown:
         raise InvalidInput(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}")
 
-    database_url = values.get("database_url")
-    if database_url is not None and not isinstance(database_url, str):
-        raise InvalidInput(f"config file {path}: database_url must be a string")
-    if database_url is not None and not database_url.strip():
-        raise InvalidInput(
-            f"config file {path}: database_url is empty; remove the key to use the embedded server"
-        )
+    database_url = _url_setting(values, "database_url", path)
+    read_url = _url_setting(values, "read_url", path)
     data_dir = os.environ.get("WALLETCTL_DATA_DIR") or values.get("data_dir")
     if data_dir is not None and not isinstance(data_dir, str):
         raise InvalidInput(f"config file {path}: data_dir must be a string")
@@ -131,7 +166,34 @@ def load_settings() -> Settings:
         database_url=database_url,
         data_dir=Path(data_dir).expanduser().absolute() if data_dir else None,
         confirm_above=confirm_above,
+        read_url=read_url,
+        prepared_statements=_prepared_statements(values.get("prepared_statements"), path),
     )
+
+
+def _url_setting(values: dict[str, object], key: str, path: Path) -> str | None:
+    url = values.get(key)
+    if url is not None and not isinstance(url, str):
+        raise InvalidInput(f"config file {path}: {key} must be a string")
+    if url is not None and not url.strip():
+        instead = "the embedded server" if key == "database_url" else "no read server"
+        raise InvalidInput(f"config file {path}: {key} is empty; remove the key for {instead}")
+    return url
+
+
+def _prepared_statements(from_file: object, path: Path) -> PreparedStatements:
+    from_env = os.environ.get("WALLETCTL_PREPARED_STATEMENTS")
+    value: object = from_env if from_env else from_file
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value in ("auto", "on", "off"):
+        return value
+    where = (
+        "WALLETCTL_PREPARED_STATEMENTS" if from_env else f"config file {path}: prepared_statements"
+    )
+    raise InvalidInput(f"{where} must be auto, on or off, got {value!r}")
 
 
 def _confirm_above(from_file: object, path: Path) -> int:
@@ -155,15 +217,42 @@ def _confirm_above(from_file: object, path: Path) -> int:
 
 
 def resolve_target(option_url: str | None, settings: Settings) -> DatabaseTarget:
-    """Pick the database by the documented order of precedence."""
+    """Pick the database (the primary) by the documented order of precedence."""
     env_url = os.environ.get("WALLETCTL_DATABASE_URL")
     if option_url is not None:
-        return DatabaseTarget("--database-url", validate_url(option_url), None)
+        return DatabaseTarget("--database-url", conninfo.validated(option_url), None)
     if env_url:
-        return DatabaseTarget("WALLETCTL_DATABASE_URL", validate_url(env_url), None)
+        return DatabaseTarget("WALLETCTL_DATABASE_URL", conninfo.validated(env_url), None)
     if settings.database_url is not None:
-        return DatabaseTarget("config file", validate_url(settings.database_url), None)
-    return DatabaseTarget("embedded", None, settings.data_dir or default_data_dir())
+        return DatabaseTarget("config file", conninfo.validated(settings.database_url), None)
+    named = server_environment()
+    if named:
+        shown = ", ".join(f"{name}={value}" for name, value in named.items())
+        return DatabaseTarget("PG environment", "", None, reason=shown)
+    return DatabaseTarget(
+        "embedded",
+        None,
+        settings.data_dir or default_data_dir(),
+        reason="no URL configured and no PG* variable naming a server",
+    )
+
+
+def resolve_read_target(option_url: str | None, settings: Settings) -> DatabaseTarget | None:
+    """The server reports read from, when one is configured (else None: the primary)."""
+    env_url = os.environ.get("WALLETCTL_READ_URL")
+    what = "read URL"
+    if option_url is not None:
+        return DatabaseTarget("--read-url", conninfo.validated(option_url, what), None)
+    if env_url:
+        return DatabaseTarget("WALLETCTL_READ_URL", conninfo.validated(env_url, what), None)
+    if settings.read_url is not None:
+        return DatabaseTarget("config file", conninfo.validated(settings.read_url, what), None)
+    return None
+
+
+def server_environment() -> dict[str, str]:
+    """The PG* variables that are set and choose a server, with their values."""
+    return {name: os.environ[name] for name in SERVER_ENVIRONMENT if os.environ.get(name)}
 
 
 def default_data_dir() -> Path:
@@ -179,40 +268,3 @@ def default_data_dir() -> Path:
     import platformdirs
 
     return platformdirs.user_data_path(APP_NAME)
-
-
-def validate_url(url: str) -> str:
-    """Check that ``url`` is a PostgreSQL URL and return it in the form libpq reads."""
-    if not url or any(ord(ch) < 32 for ch in url):
-        raise InvalidInput("database URL is empty or contains control characters")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-    except ValueError as exc:
-        raise InvalidInput(f"malformed database URL {mask_url(url)!r}: {exc}") from None
-    if parts.scheme not in URL_SCHEMES:
-        raise InvalidInput(
-            f"malformed database URL {mask_url(url)!r}: expected postgresql://user@host/dbname"
-        )
-    return urlunsplit(parts._replace(scheme="postgresql"))
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, in the netloc or in the query."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        credentials, host = netloc.rsplit("@", 1)
-        if ":" in credentials:
-            credentials = credentials.split(":", 1)[0] + ":***"
-        netloc = f"{credentials}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(key, "***" if key == "password" else value) for key, value in pairs], safe="/*"
-        )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))

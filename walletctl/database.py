@@ -6,13 +6,14 @@ are decided in one place.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from walletctl import embedded
-from walletctl.config import DatabaseTarget, mask_url
+from walletctl import conninfo, embedded
+from walletctl.config import DatabaseTarget, PreparedStatements
 from walletctl.errors import DatabaseUnavailable, InvalidInput, NotPermitted, SchemaOutOfDate
 
 if TYPE_CHECKING:
@@ -57,25 +58,51 @@ def _embedded(
     return server.url(database), _open_embedded(server, database)
 
 
-def open_connection(url: str, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
-    """A psycopg connection, with connection failures turned into DatabaseUnavailable."""
-    import psycopg
+def open_connection(
+    url: str, *, prepared_statements: PreparedStatements = "auto"
+) -> psycopg.Connection[tuple[object, ...]]:
+    """An autocommit psycopg connection to ``url`` (any libpq form, as written), with
+    connection failures turned into DatabaseUnavailable.
 
+    What the connection string (or the PG* environment) says wins: walletctl adds only a
+    fallback application name, and a connect timeout when none is given. Server-side
+    prepared statements are turned off (``prepare_threshold = None``, which the core
+    honours) when ``prepared_statements`` is "off", or "auto" and a pooler sits in between
+    (see ``behind_pooler``)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    extra: dict[str, Any] = {"fallback_application_name": "walletctl"}
     try:
-        return psycopg.connect(
-            url,
-            autocommit=autocommit,
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            application_name="walletctl",
-        )
-    except psycopg.ProgrammingError as exc:  # libpq could not parse the URL
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:  # libpq could not parse it
         raise InvalidInput(
-            f"malformed database URL {mask_url(url)!r}: {_first_line(exc)}"
+            f"malformed database URL {conninfo.masked(url)!r}: {conninfo.scrubbed_error(exc, url)}"
         ) from None
+    if "connect_timeout" not in given and not os.environ.get("PGCONNECT_TIMEOUT"):
+        extra["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    try:
+        conn = psycopg.connect(url, autocommit=True, **extra)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to {mask_url(url)}: {_first_line(exc)}"
+            f"cannot connect to {conninfo.masked(url) or 'the server the PG* variables name'}: "
+            f"{conninfo.scrubbed_error(exc, url)}"
         ) from None
+    if prepared_statements == "off" or (prepared_statements == "auto" and behind_pooler(conn)):
+        conn.prepare_threshold = None
+    return conn
+
+
+def behind_pooler(conn: psycopg.Connection[Any]) -> bool:
+    """Whether something sits between this connection and PostgreSQL (PgBouncer, say).
+
+    A pooler hands the client a cancel key of its own, so the process id the connection was
+    given at start-up is not the process id of the server session answering it. PgBouncer
+    in transaction pooling may run each transaction in another server session, where a
+    statement prepared in an earlier one does not exist, or is another statement of the
+    same name."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    return row is None or int(row[0]) != conn.info.backend_pid
 
 
 def schema_state(conn: psycopg.Connection[tuple[object, ...]]) -> SchemaState:
@@ -147,6 +174,7 @@ def connect(
     *,
     embedded_database: str = embedded.EMBEDDED_DATABASE,
     admin: bool = False,
+    prepared_statements: PreparedStatements = "auto",
 ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """An autocommit connection to a database whose schema is current.
 
@@ -158,7 +186,7 @@ def connect(
     if target.url is None:
         conn = _embedded_connection(target, notify, embedded_database, admin=admin)
     else:
-        conn = open_connection(target.url)
+        conn = open_connection(target.url, prepared_statements=prepared_statements)
     try:
         require_current_schema(conn)
         yield conn
@@ -181,7 +209,9 @@ def _embedded_connection(
     server = embedded.ensure_running(target.data_dir, notify)
     if not admin:
         try:
-            conn = open_connection(server.url(database, user=EMBEDDED_LOGIN_ROLE))
+            conn = open_connection(
+                server.url(database, user=EMBEDDED_LOGIN_ROLE), prepared_statements="on"
+            )
         except DatabaseUnavailable:
             conn = None  # no database or no role yet: set them up below
         if conn is not None:
@@ -201,7 +231,7 @@ def _embedded_connection(
     if admin:
         return superuser
     superuser.close()
-    return open_connection(server.url(database, user=EMBEDDED_LOGIN_ROLE))
+    return open_connection(server.url(database, user=EMBEDDED_LOGIN_ROLE), prepared_statements="on")
 
 
 def _open_embedded(
@@ -210,14 +240,14 @@ def _open_embedded(
     import psycopg
 
     try:
-        return open_connection(server.url(database))
+        return open_connection(server.url(database), prepared_statements="on")
     except DatabaseUnavailable as exc:
         if not isinstance(exc.__context__, psycopg.OperationalError) or (
             f'database "{database}" does not exist' not in str(exc)
         ):
             raise
     create_embedded_database(server, database)
-    return open_connection(server.url(database))
+    return open_connection(server.url(database), prepared_statements="on")
 
 
 def create_embedded_database(server: embedded.RunningServer, database: str) -> None:
@@ -226,12 +256,7 @@ def create_embedded_database(server: embedded.RunningServer, database: str) -> N
     from psycopg import sql
 
     with (
-        open_connection(server.url("postgres")) as admin,
+        open_connection(server.url("postgres"), prepared_statements="on") as admin,
         suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation),
     ):
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

@@ -90,6 +90,16 @@ class DatabaseUnavailable(WalletError):
     """The database cannot be reached, or the embedded server cannot be started."""
 
 
+class ReadOnlyServer(DatabaseUnavailable):
+    """The server refused a write because it is read-only: a standby named where the primary
+    belongs. Nothing was written."""
+
+
+class StandbyTooFarBehind(WalletError):
+    """The standby a report would read from is further behind its primary than --max-lag
+    allows, or cannot tell how far behind it is."""
+
+
 class SchemaOutOfDate(WalletError):
     """The database schema is behind this walletctl (or was never created)."""
 

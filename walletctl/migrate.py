@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.engine import Engine
 
 MIGRATION_LOCK_ID = 0x77616C6C6574  # "wallet": serialises concurrent upgrades
 
@@ -25,12 +26,21 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("walletctl's migrations are missing from this installation")
 
 
-def sqlalchemy_url(url: str) -> str:
-    """The libpq URL walletctl uses, in the form SQLAlchemy needs to pick psycopg 3."""
-    scheme, _, rest = url.partition("://")
-    if scheme in ("postgresql", "postgres"):
-        return f"postgresql+psycopg://{rest}"
-    return url
+def engine(conninfo: str) -> Engine:
+    """A SQLAlchemy engine (psycopg 3) on ``conninfo``, any libpq form, handed to libpq as
+    written: SQLAlchemy's own URLs cannot hold a keyword/value string, a service or an
+    empty string that leaves everything to the PG* variables. No server-side prepared
+    statements (nothing here runs often enough to gain, and a pooler may be in between)."""
+    import psycopg
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    def connect() -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(
+            conninfo, prepare_threshold=None, fallback_application_name="walletctl"
+        )
+
+    return create_engine("postgresql+psycopg://", creator=connect, poolclass=NullPool)
 
 
 def alembic_config(url: str) -> Config:

@@ -67,7 +67,7 @@ def asset_list(ctx: typer.Context, out: Output) -> None:
 @command(
     "list",
     "List users with their balances (a column per asset): by user id, or newest first.",
-    exits=(ExitCode.NOT_FOUND,),
+    exits=(ExitCode.NOT_FOUND, ExitCode.STANDBY_BEHIND),
     on=user_app,
 )
 @prints(output_file=True, pager=True)
@@ -88,7 +88,7 @@ def user_list(
 
     limit = options.row_limit(limit, every_user, table=out.format is Format.TABLE)
     structured = out.format in (Format.JSON, Format.JSONL)
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         codes = [found.code for found in assets.list_assets(conn)]
         total = users.count_users(conn)
         found = users.list_users(
@@ -115,7 +115,7 @@ def user_list(
 @command(
     "show",
     "One user: balances, number of entries, frozen or not.",
-    exits=(ExitCode.NOT_FOUND,),
+    exits=(ExitCode.NOT_FOUND, ExitCode.STANDBY_BEHIND),
     on=user_app,
 )
 @prints()
@@ -126,7 +126,7 @@ def user_show(
 ) -> None:
     from walletctl.core import users
 
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         summary = users.show_user(conn, user)
     view = views.user(summary)
     out.document(
@@ -173,19 +173,20 @@ def db_upgrade(ctx: typer.Context, out: Output) -> None:
 
 @command(
     "status",
-    "Which database, embedded or server, schema revision vs head, server version. Never "
-    "prints a password.",
+    "Which database and why (option, environment, config file, PG* variables or the "
+    "embedded default), the server it reached, schema revision vs head, server version, and "
+    "the read server with its lag when one is configured. Never prints a password.",
     on=db_app,
 )
 @prints()
 def db_status(ctx: typer.Context, out: Output) -> None:
-    from walletctl import database, embedded
-    from walletctl.config import mask_url
+    from walletctl import conninfo, database, embedded
     from walletctl.roles import deployment_risks, function_drift
 
     target = state(ctx).target()
     status: dict[str, Any] = {
         "source": target.source,
+        "why": target.reason or None,
         "mode": "embedded" if target.embedded else "server",
         "database": None,
         "data_dir": str(target.data_dir) if target.data_dir else None,
@@ -207,9 +208,11 @@ def db_status(ctx: typer.Context, out: Output) -> None:
             return
         url = server.url()
     assert url is not None
-    status["database"] = mask_url(url)
+    status["database"] = target.shown if not target.embedded else conninfo.masked(url)
     with database.open_connection(url) as conn:
         status["running"] = True
+        status["connected_to"] = _connected_to(conn)
+        status["through_pooler"] = database.behind_pooler(conn)
         status["server_version"] = conn.info.parameter_status("server_version")
         revision = database.schema_state(conn).revision
         drift = function_drift(conn) if revision == database.SCHEMA_HEAD else []
@@ -218,6 +221,9 @@ def db_status(ctx: typer.Context, out: Output) -> None:
     status["schema_current"] = revision == database.SCHEMA_HEAD
     status["functions_differing"] = drift
     status["deployment_risks"] = risks
+    read = state(ctx).read_target()
+    if read is not None:
+        status["read"] = _read_status(read)
     out.record(Record(status, title="walletctl database"))
     for risk in risks:
         out.env.message(f"warning: {risk} (README: Deploying with least privilege)")
@@ -226,6 +232,26 @@ def db_status(ctx: typer.Context, out: Output) -> None:
             f"{len(drift)} function(s) differ from this walletctl's SQL at the same revision "
             f"({', '.join(drift)}): someone replaced them, or this walletctl is another build"
         )
+
+
+def _connected_to(conn: Any) -> str:
+    info = conn.info
+    return f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
+
+
+def _read_status(read: Any) -> dict[str, Any]:
+    """Where reports read, and how far behind it is (or why it cannot be reached)."""
+    from walletctl import database, replica
+    from walletctl.errors import WalletError
+
+    shown: dict[str, Any] = {"source": read.source, "database": read.shown}
+    try:
+        with database.open_connection(read.url) as conn:
+            shown["connected_to"] = _connected_to(conn)
+            shown.update(replica.measure(conn).to_json())
+    except WalletError as exc:
+        shown["error"] = str(exc)
+    return shown
 
 
 KindOption = Annotated[
@@ -358,7 +384,6 @@ def demo(
     ] = False,
 ) -> None:
     from walletctl import database
-    from walletctl.config import mask_url
     from walletctl.core import assets, balances, history, posting
     from walletctl.core.reconcile import reconcile
     from walletctl.errors import AlreadyExists, Refused
@@ -368,7 +393,7 @@ def demo(
     if not target.embedded and not yes:
         assert target.url is not None
         raise Refused(
-            f"demo would post sample transactions into {mask_url(target.url)} (from "
+            f"demo would post sample transactions into {target.shown} (from "
             f"{target.source}), where they can never be deleted; run it on the embedded "
             "server (no URL configured) or confirm with --yes"
         )

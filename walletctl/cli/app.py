@@ -10,6 +10,7 @@ code itself: they raise walletctl's typed errors and WalletctlGroup.main maps th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -25,12 +26,17 @@ from walletctl import __version__
 from walletctl.cli import env as environment
 from walletctl.cli.env import Environment
 from walletctl.cli.exit_codes import EXIT_CODE_HELP, ExitCode, error_name, exit_code_for
-from walletctl.errors import WalletError
+from walletctl.errors import InvalidInput, WalletError
 
 if TYPE_CHECKING:
     import psycopg
 
     from walletctl.config import DatabaseTarget, Settings
+    from walletctl.replica import ReadServer
+
+# psycopg logs a warning when a rollback fails on a connection already lost; walletctl
+# reports the loss itself, in one line (Python would print the warning to stderr too).
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 EPILOG = (
     "Exit codes (each command's --help lists its own):\n\n\b\n"
@@ -165,7 +171,7 @@ def _lost_connection(exc: Exception) -> WalletError | None:
 
     from walletctl.core.sqlerrors import translate
 
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, psycopg.OperationalError | psycopg.InternalError):
         typed = translate(exc)
         return typed if isinstance(typed, WalletError) else None
     return None
@@ -192,6 +198,12 @@ class State:
 
     env: Environment = field(default_factory=environment.current)
     database_url: str | None = None
+    read_url: str | None = None
+    primary: bool = False
+    """--primary: reports read from the primary even when a read server is configured."""
+    max_lag: float | None = None
+    read_from: ReadServer | None = None
+    """The server the report read from, once read_connection has measured it."""
     _settings: Settings | None = field(default=None, repr=False)
 
     @property
@@ -203,18 +215,72 @@ class State:
         return self._settings
 
     def target(self) -> DatabaseTarget:
+        """The primary: where every write goes. With a read server configured and no
+        primary, refused rather than the embedded ledger: that would be another ledger."""
         from walletctl.config import resolve_target
 
-        return resolve_target(self.database_url, self.settings)
+        target = resolve_target(self.database_url, self.settings)
+        read = self.read_target()
+        if target.embedded and read is not None:
+            raise InvalidInput(
+                f"a read server is configured ({read.source}) but no primary: set "
+                "--database-url, WALLETCTL_DATABASE_URL or database_url in the config file "
+                "(postings, reversals, bulk files and seal go to the primary; walletctl will "
+                "not use its embedded ledger beside a read server). Nothing was done"
+            )
+        return target
+
+    def read_target(self) -> DatabaseTarget | None:
+        """The read server reports use (a standby), if one is configured."""
+        from walletctl.config import resolve_read_target
+
+        return resolve_read_target(self.read_url, self.settings)
 
     @contextmanager
     def connection(self, *, admin: bool = False) -> Iterator[psycopg.Connection[Any]]:
-        """A connection for a command; ``admin`` for the db commands that change the schema
-        or the roles (on the embedded server: its superuser instead of walletctl_local)."""
+        """A connection to the primary, for every command that is not a report; ``admin``
+        for the db commands that change the schema or the roles (on the embedded server:
+        its superuser instead of walletctl_local)."""
         from walletctl.database import connect
 
-        with connect(self.target(), self.env.message, admin=admin) as conn:
+        with connect(
+            self.target(),
+            self.env.message,
+            admin=admin,
+            prepared_statements=self.settings.prepared_statements,
+        ) as conn:
             yield conn
+
+    @contextmanager
+    def read_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for a report (balance, audit, summary, user, export, reconcile): the
+        read server when one is configured and --primary was not given, else the primary.
+
+        On a read server it first measures how far behind its primary it is: further than
+        --max-lag (or unknown, with --max-lag) is refused before anything is read;
+        otherwise announce_read_server says where the report comes from."""
+        read = None if self.primary else self.read_target()
+        if read is None:
+            with self.connection() as conn:
+                yield conn
+            return
+        from walletctl import replica
+        from walletctl.database import connect
+
+        with connect(
+            read, self.env.message, prepared_statements=self.settings.prepared_statements
+        ) as conn:
+            server = replica.measure(conn)
+            replica.require_within(server, self.max_lag)
+            self.announce_read_server(server)
+            yield conn
+
+    def announce_read_server(self, server: ReadServer) -> None:
+        """The one place a report says where it read: a note on stderr (even under
+        --quiet), and a ``read_from`` object in its --format json document."""
+        self.read_from = server
+        self.env.notice(server.describe())
+        self.env.report_fields["read_from"] = server.to_json()
 
     def confirmation(self) -> Any:
         """The confirmation policy (walletctl.core.confirmation) with this run's threshold."""
@@ -261,9 +327,34 @@ def root(
         str | None,
         typer.Option(
             "--database-url",
-            help="PostgreSQL URL (postgresql://user@host/db). Overrides "
-            "WALLETCTL_DATABASE_URL and the config file; without any, walletctl uses its "
-            "embedded server. Prefer ~/.pgpass to a password in the URL.",
+            help="The primary: a libpq URL (postgresql://user@host/db) or key=value string "
+            "(host=a,b dbname=wallet target_session_attrs=read-write). Overrides "
+            "WALLETCTL_DATABASE_URL, the config file and the PG* variables; without any, "
+            "walletctl uses its embedded server. Prefer ~/.pgpass to a password in it.",
+            show_default=False,
+        ),
+    ] = None,
+    read_url: Annotated[
+        str | None,
+        typer.Option(
+            "--read-url",
+            help="Where reports (balance, audit, user, export, reconcile) read: a streaming "
+            "standby, any libpq form. Overrides WALLETCTL_READ_URL and read_url in the config "
+            "file. Writes always go to the primary.",
+            show_default=False,
+        ),
+    ] = None,
+    primary: Annotated[
+        bool,
+        typer.Option("--primary", help="Read this report from the primary, not the read URL."),
+    ] = False,
+    max_lag: Annotated[
+        float | None,
+        typer.Option(
+            "--max-lag",
+            min=0,
+            help="Refuse (exit 12) to read a report from a standby further behind its "
+            "primary than this many seconds, or one that cannot tell.",
             show_default=False,
         ),
     ] = None,
@@ -280,6 +371,9 @@ def root(
 ) -> None:
     current = ctx.obj if isinstance(ctx.obj, State) else State()
     current.database_url = database_url
+    current.read_url = read_url
+    current.primary = primary
+    current.max_lag = max_lag
     current.env.quiet = quiet
     ctx.obj = current
     if ctx.invoked_subcommand is None:

@@ -27,7 +27,7 @@ from walletctl.cli.exit_codes import ExitCode
 from walletctl.cli.files import atomic_text_file, check_writable
 from walletctl.cli.output import Listing, Output, csv_cell, to_json
 from walletctl.core.values import balance_change
-from walletctl.errors import ConcurrentRun, InvalidInput, Refused
+from walletctl.errors import InvalidInput, Refused
 
 if TYPE_CHECKING:
     from walletctl.cli.app import State
@@ -170,46 +170,46 @@ def _post(
     from walletctl.core import bulk, posting
 
     actor = options.on_behalf_of(request.actor)
-    with current.connection() as conn:
-        if not bulk.try_lock_file(conn, kind, parsed.digest):
-            raise ConcurrentRun(
-                f"another walletctl is posting this file ({kind}) right now; nothing was posted "
-                "by this run (run it again once the other has finished: posted rows replay)"
+    # The file's lock lives on a connection of its own, in a transaction open for the run
+    # (walletctl.core.locks: it holds through transaction pooling, and dies with the run).
+    with (
+        current.connection() as lock_conn,
+        bulk.file_lock(lock_conn, kind, parsed.digest),
+        _progress(current.env, len(parsed.rows)) as advance,
+    ):
+        if not (request.dry_run or request.atomic):
+            return bulk.post_rows_in_parallel(
+                current.connection,
+                kind,
+                parsed.rows,
+                on_behalf_of=actor,
+                jobs=request.jobs,
+                batch_size=request.batch_size,
+                progress=advance,
             )
-        with _progress(current.env, len(parsed.rows)) as advance:
-            if request.dry_run:
-                # One transaction for the whole file, rolled back: later batches see what
-                # earlier ones would have done.
-                with posting.scope(conn, dry_run=True):
-                    outcomes = list(
-                        bulk.post_rows(
-                            conn,
-                            kind,
-                            parsed.rows,
-                            on_behalf_of=actor,
-                            batch_size=request.batch_size,
-                            progress=advance,
-                            atomic=request.atomic,
-                        )
-                    )
-                current.env.message("dry run: nothing was written")
-            elif request.atomic:
+        with current.connection() as conn:
+            if request.atomic and not request.dry_run:
                 # One batch on one connection: its locks are taken in one sorted order.
-                outcomes = list(
+                return list(
                     bulk.post_rows(
                         conn, kind, parsed.rows, on_behalf_of=actor, progress=advance, atomic=True
                     )
                 )
-            else:
-                outcomes = bulk.post_rows_in_parallel(
-                    current.connection,
-                    kind,
-                    parsed.rows,
-                    on_behalf_of=actor,
-                    jobs=request.jobs,
-                    batch_size=request.batch_size,
-                    progress=advance,
+            # A dry run: one transaction for the whole file, rolled back: later batches see
+            # what earlier ones would have done.
+            with posting.scope(conn, dry_run=True):
+                outcomes = list(
+                    bulk.post_rows(
+                        conn,
+                        kind,
+                        parsed.rows,
+                        on_behalf_of=actor,
+                        batch_size=request.batch_size,
+                        progress=advance,
+                        atomic=request.atomic,
+                    )
                 )
+            current.env.message("dry run: nothing was written")
     return outcomes
 
 

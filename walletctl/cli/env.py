@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 DEFAULT_PAGER = "less -FRX"
 
@@ -52,6 +52,9 @@ class Environment:
     notices: list[str] = field(default_factory=list)
     """Notes about the whole report (e.g. a replica's lag): a line on stderr, and a
     ``notices`` field of a --format json document."""
+    report_fields: dict[str, Any] = field(default_factory=dict)
+    """Fields about the whole report that its --format json document carries (``read_from``:
+    the standby it read and how far behind it was)."""
 
     def bind(self) -> Environment:
         """Fill in what was not given from the real process. Stdout and stderr that cannot

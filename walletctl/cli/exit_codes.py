@@ -37,6 +37,9 @@ class ExitCode(IntEnum):
     BUSY = 11
     """Busy (deadlock, lock or statement timeout, serialization failure): nothing was
     written; retrying with the same key is safe."""
+    STANDBY_BEHIND = 12
+    """The standby a report would read is further behind than --max-lag (or cannot tell
+    how far): nothing was read; run again later, or with --primary."""
 
 
 EXIT_CODE_HELP = "\n".join(
@@ -62,6 +65,8 @@ def exit_code_for(error: BaseException) -> ExitCode:
             return ExitCode.NOT_PERMITTED
         case errors.Busy():
             return ExitCode.BUSY
+        case errors.StandbyTooFarBehind():
+            return ExitCode.STANDBY_BEHIND
         case errors.ReconcileFailed():
             return ExitCode.RECONCILE_FAILED
         case errors.DatabaseUnavailable() | errors.SchemaOutOfDate():

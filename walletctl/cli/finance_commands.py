@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     "Check the ledger: zero-sum, cached balances, running balances, shapes, reversals, "
     "sealed history. Once something is sealed, checks what came after the last checkpoint "
     "(--full: everything). Exit 7 when any check fails.",
-    exits=(ExitCode.RECONCILE_FAILED,),
+    exits=(ExitCode.RECONCILE_FAILED, ExitCode.STANDBY_BEHIND),
     panel=FINANCE,
 )
 @prints(output_file=True)
@@ -50,7 +50,7 @@ def reconcile(
 
     env = out.env
     started = time.monotonic()
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         report = run_reconcile(conn, full=full)
     if metrics_file is not None:
         from walletctl.cli import metrics
@@ -152,7 +152,7 @@ EXPORT_FORMATS = ("csv", "jsonl", "ledger", "beancount")
     "export",
     "Stream the ledger: csv and jsonl (one row per entry), ledger (an hledger journal) or "
     "beancount, with the chart of accounts in the README. Constant memory for any size.",
-    exits=(ExitCode.NOT_FOUND,),
+    exits=(ExitCode.NOT_FOUND, ExitCode.STANDBY_BEHIND),
     panel=FINANCE,
 )
 def export(
@@ -199,7 +199,7 @@ def export(
     where = ReportFilter(kind=kind, actor=actor, on_behalf_of=on_behalf_of, reason=reason)
     start = options.parse_time(since, "--since")
     end = options.parse_time(until, "--until")
-    with state(ctx).connection() as conn:
+    with state(ctx).read_connection() as conn:
         if output_path is None:
             count = exporting.export(
                 conn, env.out, chosen, since=start, until=end, raw_csv=raw_csv, where=where

@@ -236,9 +236,16 @@ class Output:
     # Writers.
 
     def _with_notices(self, document: dict[str, Any]) -> dict[str, Any]:
+        # What the environment says of the whole report (where it was read: read_from), then
+        # its notices: never over a field of the document's own.
+        extra = {
+            key: to_json(value)
+            for key, value in self.env.report_fields.items()
+            if key not in document
+        }
         if self.env.notices and "notices" not in document:
-            return {**document, "notices": list(self.env.notices)}
-        return document
+            extra["notices"] = list(self.env.notices)
+        return {**document, **extra} if extra else document
 
     def _json(self, value: Any) -> None:
         self._write(json.dumps(value, ensure_ascii=not self.env.stdout_is_unicode) + "\n")

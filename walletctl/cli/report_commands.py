@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     "A user's balances (all assets, or --asset), now or --as-of a past time; with "
     "--treasury, what all users hold per asset; with --all, every user with a column per "
     "asset (streams).",
-    exits=(ExitCode.NOT_FOUND,),
+    exits=(ExitCode.NOT_FOUND, ExitCode.STANDBY_BEHIND),
     panel=REPORTS,
 )
 @prints(output_file=True, pager=True)
@@ -68,7 +68,7 @@ def balance(
     if treasury:
         if as_of is not None or asset is not None:
             raise InvalidInput("--treasury takes no --as-of and no --asset")
-        with current.connection() as conn:
+        with current.read_connection() as conn:
             liabilities = balances.outstanding(conn)
         out.listing(
             Listing(
@@ -86,7 +86,7 @@ def balance(
         _all_balances(current, out, limit=options.row_limit(limit, False, table=table), after=after)
         return
     assert user is not None
-    with current.connection() as conn:
+    with current.read_connection() as conn:
         held = [views.balance(b) for b in balances.balances(conn, user, asset=asset, as_of=at)]
         freeze = policy.current_freeze(conn, user)
     if freeze is not None:
@@ -110,7 +110,7 @@ def balance(
 def _all_balances(current: State, out: Output, *, limit: int | None, after: str | None) -> None:
     from walletctl.core import assets, users
 
-    with current.connection() as conn:
+    with current.read_connection() as conn:
         codes = [found.code for found in assets.list_assets(conn)]
         found = users.list_users(conn, limit=Page.fetch(limit), after=after, with_entries=False)
         page = Page((views.balances_row(summary) for summary in found), limit, "user")
@@ -132,7 +132,7 @@ def _all_balances(current: State, out: Output, *, limit: int | None, after: str 
     "A user's statement with running balance; one transaction (--txn); what an "
     "idempotency key did (--key); a period's summary per asset (--summary); or what each "
     "operator did, per asset and kind (--by-actor).",
-    exits=(ExitCode.NOT_FOUND,),
+    exits=(ExitCode.NOT_FOUND, ExitCode.STANDBY_BEHIND),
     panel=REPORTS,
 )
 @prints(output_file=True, pager=True)
@@ -281,7 +281,7 @@ def _statement(
         after=after,
     )
     order = "newest first" if newest_first else "oldest first"
-    with current.connection() as conn:
+    with current.read_connection() as conn:
         totals = [
             views.statement_total(total)
             for total in history.statement_totals(conn, user, selection)
@@ -326,7 +326,7 @@ def _period_report(
         "until": end,
         "filters": {key: value for key, value in where.params().items() if value is not None},
     }
-    with current.connection() as conn:
+    with current.read_connection() as conn:
         if by_actor:
             found = summary.by_actor(conn, since=start, until=end, asset=asset, where=where)
             listing = Listing(
@@ -356,7 +356,7 @@ def _transaction(current: State, out: Output, txn: str) -> None:
     from walletctl.core import history, policy
 
     transaction_id = options.parse_transaction_id(txn, "--txn")
-    with current.connection() as conn:
+    with current.read_connection() as conn:
         detail = history.transaction(conn, transaction_id)
         request = policy.request_by_key(conn, detail.idempotency_key)
     _show_transaction(out, detail, request)
@@ -365,7 +365,7 @@ def _transaction(current: State, out: Output, txn: str) -> None:
 def _key(current: State, out: Output, key: str) -> None:
     from walletctl.core import history, policy
 
-    with current.connection() as conn:
+    with current.read_connection() as conn:
         found = history.transaction_by_key(conn, key)
         request = policy.request_by_key(conn, key)
     if found is None and request is not None:

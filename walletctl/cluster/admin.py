@@ -20,7 +20,7 @@ from walletctl.cluster.topology import (
     partition_identity,
     topology,
 )
-from walletctl.config import mask_url
+from walletctl.conninfo import masked, scrubbed_error
 from walletctl.core.models import Connection
 from walletctl.core.sqlerrors import translated
 from walletctl.errors import InvalidInput, Refused
@@ -45,11 +45,12 @@ def partition_connstr(url: str) -> str:
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        raise InvalidInput(f"malformed partition URL {mask_url(url)!r}: {exc}") from None
+        reason = scrubbed_error(exc, url)
+        raise InvalidInput(f"malformed partition URL {masked(url)!r}: {reason}") from None
     params.pop("user", None)
     params.pop("password", None)
     if "dbname" not in params:
-        raise InvalidInput(f"partition URL {mask_url(url)!r} names no database")
+        raise InvalidInput(f"partition URL {masked(url)!r} names no database")
     return make_conninfo(**{key: str(value) for key, value in params.items()})
 
 
@@ -159,7 +160,7 @@ def move(proxy_url: str, number: int, to_url: str) -> Partition:
     with open_connection(proxy_url) as proxy:
         found = topology(proxy)
         if found is None:
-            raise InvalidInput(f"{mask_url(proxy_url)} is not a walletctl proxy")
+            raise InvalidInput(f"{masked(proxy_url)} is not a walletctl proxy")
         if not 0 <= number < found.count:
             raise InvalidInput(f"partition must be 0-{found.count - 1}, got {number}")
         moved = Partition(number, partition_connstr(to_url))

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import psycopg
 
 from walletctl.cluster.dispatch import on_proxy
-from walletctl.core import validation
+from walletctl.core import locks, validation
 from walletctl.core.models import Connection, PostingKind
 from walletctl.core.sqlerrors import KEY_CLAIMED_CONCURRENTLY, raise_translated
 from walletctl.errors import ConcurrentRun, InvalidInput, WalletError
@@ -442,11 +442,19 @@ LIMIT 3
 """
 
 
-def try_lock_file(conn: Connection, kind: PostingKind, digest: bytes) -> bool:
-    """Take the session lock for this file and kind; False if another run holds it."""
+def file_lock(conn: Connection, kind: PostingKind, digest: bytes) -> AbstractContextManager[None]:
+    """Hold the lock of this file and kind for as long as the block runs; ConcurrentRun when
+    another run holds it. ``conn`` is a connection of its own, used for nothing else
+    meanwhile: the lock is held by a transaction open on it (walletctl.core.locks), while
+    the batches commit on other connections. The key is the one earlier versions locked at
+    session level, so a run of either version keeps the other out."""
     key = int.from_bytes(hashlib.sha256(kind.encode() + digest).digest()[:4], "big", signed=True)
-    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_FILE_LOCK_CLASS, key)).fetchone()
-    return bool(row and row[0])
+    return locks.held(
+        conn,
+        (_FILE_LOCK_CLASS, key),
+        f"another walletctl is posting this file ({kind}) right now; nothing was posted by "
+        "this run (run it again once the other has finished: posted rows replay)",
+    )
 
 
 def post_rows_in_parallel(

@@ -3,7 +3,10 @@
 Each call is one round trip to one server-side function of the SQL API (walletctl_post
 or walletctl_reverse, in walletctl/sql/posting.sql), which runs as one database transaction on an
 autocommit connection and locks only the user's balance row. The SQL is fixed text, so
-psycopg prepares it once per connection and reuses the plan.
+psycopg prepares it once per connection and reuses the plan; except on a connection opened
+with ``prepare_threshold=None``, psycopg's way of saying "no server-side prepared
+statements" (behind PgBouncer in transaction pooling, a statement prepared in one
+transaction may be gone, or be another statement, in the next).
 
 Who posted is not an argument: the database records the identity that logged in
 (session_user). ``on_behalf_of`` is an optional note of whom that identity acted for.
@@ -183,16 +186,17 @@ def _cursor(conn: Connection) -> psycopg.Cursor[Any]:
 def _call(conn: Connection, sql: str, params: tuple[object, ...]) -> Receipt:
     # The hot path of every posting: kept to one execute and one tuple, no context managers
     # (a generator-based one costs as much as the validation above on a slow CPU).
+    prepare = conn.prepare_threshold is not None
     for _ in range(_CLAIM_ATTEMPTS):
         try:
             cursor = _cursor(conn)
             if conn.info.transaction_status == TransactionStatus.IDLE:
-                row = cursor.execute(sql, params, prepare=True).fetchone()
+                row = cursor.execute(sql, params, prepare=prepare).fetchone()
             else:
                 # Inside a caller's transaction (a dry run, a batch) a failed call must not
                 # abort the whole transaction: give it a savepoint.
                 with conn.transaction():
-                    row = cursor.execute(sql, params, prepare=True).fetchone()
+                    row = cursor.execute(sql, params, prepare=prepare).fetchone()
         except psycopg.Error as exc:
             typed = translate(exc)
             if isinstance(typed, KeyClaimedConcurrently):

@@ -24,11 +24,14 @@ checkpoint (walletctl.core.checkpoints). It seals only what its own reconcile ve
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg.rows import dict_row
 
 from walletctl.cluster.dispatch import on_proxy
+from walletctl.core import locks
 from walletctl.core.checkpoints import CHECKPOINT_COLUMNS, Checkpoint, checkpoint_from_row
 from walletctl.core.models import Connection
 from walletctl.core.reconcile import check_ledger
@@ -53,10 +56,7 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
     Raises ConcurrentRun when another seal runs, or when postings holding lower ids are
     still running after ``wait_seconds``. ``conn`` must not be in a transaction.
     """
-    locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (SEAL_LOCK_ID,)).fetchone()
-    if not locked or not locked[0]:
-        raise ConcurrentRun("another walletctl seal is running")
-    try:
+    with _sole_sealer(conn):
         deadline = time.monotonic() + wait_seconds
         horizon, running = _horizon(conn)
         while True:
@@ -65,8 +65,18 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
                 return _reconcile_and_seal(conn, horizon, running)
             except _NotSettled:
                 time.sleep(POLL_SECONDS)
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (SEAL_LOCK_ID,))
+
+
+@contextmanager
+def _sole_sealer(conn: Connection) -> Iterator[None]:
+    """One seal at a time: a transaction-level advisory lock held, for the whole seal, by a
+    transaction open on a connection of its own beside ``conn`` (walletctl.core.locks: a
+    session-level lock does not survive transaction pooling)."""
+    with (
+        locks.beside(conn) as lock_conn,
+        locks.held(lock_conn, (SEAL_LOCK_ID,), "another walletctl seal is running"),
+    ):
+        yield
 
 
 # The transactions that may still commit an id below the horizon: every transaction of

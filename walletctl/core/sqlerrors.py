@@ -28,6 +28,7 @@ from walletctl.errors import (
     InvalidAmount,
     InvalidInput,
     NotPermitted,
+    ReadOnlyServer,
     RequestExpired,
     RequestNotFound,
     TransactionNotFound,
@@ -167,6 +168,18 @@ def translate(exc: psycopg.Error) -> Exception:
         DUPLICATED_LINE,
     ):
         return InvalidInput(f"refused by the database: {message}")
+    if code == "25006":  # read_only_sql_transaction
+        return ReadOnlyServer(
+            f"the server refused to write: {message}. It is read-only (a standby?); postings, "
+            "reversals, bulk files and seal go to the primary (--database-url). Nothing was "
+            "written"
+        )
+    if code == "40001" and "conflict with recovery" in message:
+        return Busy(
+            f"busy: the standby cancelled the query to apply changes from its primary "
+            f"({message}); run it again, or with --primary (hot_standby_feedback on the "
+            "standby avoids this)"
+        )
     if code == FEATURE_NOT_SUPPORTED and message.startswith("an atomic batch"):
         return InvalidInput(message)  # the proxy's walletctl_post_batch (proxy.sql)
     unreachable = _PLPROXY_FAILURE.match(message) if code == "XX000" else None
@@ -183,12 +196,24 @@ def translate(exc: psycopg.Error) -> Exception:
         )
     if isinstance(exc, pg.InsufficientPrivilege):
         return _not_permitted(exc, message)
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, psycopg.OperationalError) or _two_answers_to_a_command(exc):
         return DatabaseUnavailable(
             f"lost the database connection: {message} "
             "(if this was a posting, retry it with the same idempotency key)"
         )
     return exc
+
+
+def _two_answers_to_a_command(exc: psycopg.Error) -> bool:
+    """psycopg's complaint when COMMIT or ROLLBACK gets two answers, which is what PgBouncer
+    sends when the server session under a client's transaction dies: the server's error,
+    then its own ("server conn crashed?"), before it closes the client's connection."""
+    return (
+        isinstance(exc, psycopg.InternalError)
+        and exc.sqlstate is None
+        and str(exc).startswith("received ")
+        and "results from command" in str(exc)
+    )
 
 
 def _not_permitted(exc: psycopg.Error, message: str) -> NotPermitted:

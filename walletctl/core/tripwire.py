@@ -39,7 +39,8 @@ SELECT pg_relation_filenode('transactions') AS transactions_filenode,
        coalesce(sum(s.n_tup_upd + s.n_tup_del), 0)::bigint AS ledger_changes,
        coalesce(sum(s.n_tup_ins), 0)::bigint AS ledger_inserts,
        (SELECT d.stats_reset FROM pg_stat_database d WHERE d.datname = current_database())
-           AS stats_reset
+           AS stats_reset,
+       pg_is_in_recovery() AS standby
 FROM pg_stat_user_tables s
 WHERE s.schemaname = 'public' AND s.relname IN ('transactions', 'ledger_entries')
 """
@@ -88,6 +89,14 @@ def tripwire(conn: Connection, checkpoint: Checkpoint | None) -> list[str]:
         checkpoint.ledger_entries_filenode,
     ):
         reasons.append("a ledger table was truncated or rewritten since the last seal")
+    if now["standby"]:
+        # A standby's statistics count only its own writes (none) and keep their own reset
+        # time: they say nothing of what the primary changed, so only re-hashing can vouch
+        # for sealed history here (and a reason is all it takes to re-hash).
+        reasons.append(
+            "on a standby PostgreSQL does not count the rows the primary updated or deleted"
+        )
+        return reasons
     if now["ledger_changes"] != checkpoint.ledger_changes:
         reasons.append(
             f"PostgreSQL counted {now['ledger_changes'] - checkpoint.ledger_changes:+} updated "
