@@ -91,7 +91,8 @@ BEGIN
                WHEN v_sign < 0 AND a.id IS NULL THEN 'not_found'
                -- The operator controls (controls.sql), as for walletctl_post; decided here
                -- so that a refused credit creates no user, and again after the locks.
-               ELSE walletctl_policy_refusal(r.user_id, r.asset, r.amount, v_sign > 0)
+               ELSE (SELECT p.refusal
+                     FROM walletctl_policy_refusal(r.user_id, r.asset, r.amount, v_sign > 0) p)
            END AS outcome,
            coalesce(t.id, q.id) AS prior_id,
            NULL::numeric AS balance_after
@@ -140,9 +141,9 @@ BEGIN
     -- freeze and threshold committed before the locks were granted (walletctl_post_one
     -- does the same for a single posting).
     UPDATE pg_temp.walletctl_batch b
-    SET outcome = walletctl_policy_refusal(b.user_id, b.asset, b.amount, v_sign > 0)
-    WHERE b.outcome IS NULL
-      AND walletctl_policy_refusal(b.user_id, b.asset, b.amount, v_sign > 0) IS NOT NULL;
+    SET outcome = (SELECT p.refusal
+                   FROM walletctl_policy_refusal(b.user_id, b.asset, b.amount, v_sign > 0) p)
+    WHERE b.outcome IS NULL;
 
     -- Running balances in line order, from the balance just locked (none: 0). A group in
     -- which no running balance leaves 0..2^63-1 posts whole.

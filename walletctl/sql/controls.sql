@@ -60,12 +60,18 @@ $$;
 -- Is a posting refused by the operator controls in force now (controls.sql)? 'frozen' for a
 -- frozen user; 'approval_required' for a credit above its asset's approval threshold when
 -- p_credit_needs_approval (an approved request does not need it again); else NULL. The
--- one definition for single postings, approvals and batches.
+-- one definition for single postings, approvals and batches. A one-row set-returning SQL
+-- function with a single SELECT, so that PostgreSQL inlines it into the query that calls
+-- it (FROM walletctl_policy_refusal(...)) and that query's plan is cached: a scalar SQL
+-- function with subqueries is planned again at every call, which cost a single posting
+-- about a fifth of its server time.
 CREATE FUNCTION walletctl_policy_refusal(
     p_user_id text, p_asset text, p_amount bigint, p_credit_needs_approval boolean
-) RETURNS text LANGUAGE sql STABLE AS $$
+) RETURNS TABLE (refusal text) LANGUAGE sql STABLE AS $$
     SELECT CASE
-        WHEN walletctl_user_frozen(p_user_id) THEN 'frozen'
+        WHEN (SELECT f.frozen FROM user_freezes f WHERE f.user_id = p_user_id
+              ORDER BY f.id DESC LIMIT 1)
+            THEN 'frozen'
         WHEN p_credit_needs_approval
              AND p_amount > (SELECT p.approve_above FROM asset_policies p
                              WHERE p.asset = p_asset ORDER BY p.id DESC LIMIT 1)

@@ -282,8 +282,9 @@ BEGIN
 
     -- The operator controls, read after the lock (see walletctl_require_read_committed).
     IF p_policy <> 'reversal' THEN
-        v_refusal := walletctl_policy_refusal(p_user_id, p_asset, p_amount,
-                                              p_policy = 'posting' AND p_delta > 0);
+        SELECT p.refusal INTO v_refusal
+        FROM walletctl_policy_refusal(p_user_id, p_asset, p_amount,
+                                      p_policy = 'posting' AND p_delta > 0) p;
         IF v_refusal = 'frozen' THEN
             RAISE EXCEPTION '%', walletctl_refusal('frozen', p_user_id, p_asset, p_amount,
                                                    p_idempotency_key, NULL, NULL)
