@@ -210,8 +210,8 @@ def export(
                 count = exporting.export(
                     conn, stream, chosen, since=start, until=end, raw_csv=raw_csv, where=where
                 )
-    what = "entries" if chosen in ("csv", "jsonl") else "transactions"
-    env.message(f"exported {count:,} {what}")
+    unit = ("entry", "entries") if chosen in ("csv", "jsonl") else ("transaction", "transactions")
+    env.message(f"exported {count:,} {unit[count != 1]}")
     if json_report:
         Output(env, Format.JSON).record(
             Record(
