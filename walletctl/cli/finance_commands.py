@@ -210,8 +210,9 @@ def export(
                 count = exporting.export(
                     conn, stream, chosen, since=start, until=end, raw_csv=raw_csv, where=where
                 )
-    unit = ("entry", "entries") if chosen in ("csv", "jsonl") else ("transaction", "transactions")
-    env.message(f"exported {count:,} {unit[count != 1]}")
+    what = "entries" if chosen in ("csv", "jsonl") else "transactions"
+    singular = {"entries": "entry", "transactions": "transaction"}[what]
+    env.message(f"exported {count:,} {what if count != 1 else singular}")
     if json_report:
         Output(env, Format.JSON).record(
             Record(
