@@ -116,6 +116,13 @@ def test_balance_lists_every_asset_and_the_treasury(cli: Cli) -> None:
         "POINTS": (7, -7),
     }
     assert cli("balance", "nobody").exit_code == 4
+    for extra in ((), ("--as-of", "2026-01-01")):
+        unknown = cli("balance", "alice", "--asset", "NOSUCH", *extra)
+        assert unknown.exit_code == 4, unknown.output
+        assert unknown.stderr == "walletctl: error: asset NOSUCH not found\n"
+    unknown = cli("balance", "alice", "--asset", "NOSUCH", "--json")
+    assert unknown.exit_code == 4
+    assert json.loads(unknown.stderr)["error"]["message"] == "asset NOSUCH not found"
 
 
 def test_audit_statement_with_filters_json_lines_and_csv(cli: Cli) -> None:
@@ -145,6 +152,10 @@ def test_audit_of_a_transaction_shows_entries_summing_to_zero(cli: Cli) -> None:
     assert by_key["transaction_id"] == topup["transaction_id"]
     unknown = cli("audit", "--key", "never-used")
     assert unknown.exit_code == 4 and "has not posted" in unknown.stderr
+    assert unknown.stderr.startswith("walletctl: error: ") and unknown.stdout == ""
+    as_json = cli("audit", "--key", "never-used", "--json")
+    assert as_json.exit_code == 4 and as_json.stdout == ""
+    assert json.loads(as_json.stderr)["error"]["code"] == 4
 
 
 def test_reconcile_passes_on_a_healthy_ledger_and_fails_with_exit_7(

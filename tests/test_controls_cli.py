@@ -60,6 +60,11 @@ def test_four_eyes_through_the_cli(as_: dict[str, Cli], people: dict[str, str], 
     assert db.execute("SELECT count(*) FROM transactions").fetchone() == (0,)
     again = op("topup", "bob", "5000", "--key", "big", "--yes")
     assert again.exit_code == 0 and f"already filed request {first}" in again.stderr
+    # The README's next line: a dry run of the request already filed says so.
+    dry_again = op("topup", "bob", "5000", "--key", "big", "--dry-run", "--json")
+    assert dry_again.exit_code == 0, dry_again.output
+    assert f"already filed request {first}" in dry_again.stderr
+    assert str(json.loads(dry_again.stdout)["request_id"]) == first
 
     own = op("request", "approve", first)
     assert own.exit_code == 10, own.output  # an operator is not an approver

@@ -32,3 +32,15 @@ def test_the_demo_with_yes_posts_once_however_often_it_runs(
     assert balance_of(db, "demo-user") == 430
     row = db.execute("SELECT count(*) FROM transactions").fetchone()
     assert row is not None and row[0] == 3
+
+
+def test_the_demo_refuses_a_format_it_cannot_print_before_posting(
+    clean_db: str, db: psycopg.Connection[Any]
+) -> None:
+    # It prints three tables: CSV holds one, so --format csv is refused before anything is
+    # posted (a refusal after the postings would report a success as a failure).
+    before = ledger_snapshot(db)
+    result = Cli(clean_db)("demo", "--yes", "--format", "csv")
+    assert result.exit_code == 2
+    assert "CSV holds one" in result.stderr
+    assert ledger_snapshot(db) == before

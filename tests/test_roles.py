@@ -107,7 +107,7 @@ API_CALLS = {
 ALLOWED = {
     "operator": {"post", "reverse", "add_asset", "balances", "read tables", "request"},
     "batch": {"batch", "balances", "read tables"},
-    "service": {"post", "reverse", "batch", "balances"},
+    "service": {"post", "reverse", "batch", "balances", "request"},
     "finance": {"balances", "read tables"},
     "approver": {"balances", "read tables", "approve", "reject", "expire"},
     "admin": {"balances", "read tables", "set policy", "set budget", "freeze", "unfreeze"},
@@ -407,3 +407,25 @@ def test_db_roles_warns_of_a_role_with_createrole(
             )
     finally:
         drop_login_role(server_url, name)
+
+
+def test_db_roles_and_grant_work_on_a_database_with_no_schema_yet(server_url: str) -> None:
+    # A new server about to receive a partition or a restore: the group roles and the
+    # memberships are the server's, so they can be set up before the schema exists.
+    suffix = uuid.uuid4().hex[:6]
+    name, login = f"walletctl_empty_{suffix}", f"walletctl_test_early_{suffix}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    create_login_role(server_url, login)
+    url = _with_database(server_url, name)
+    try:
+        roles_run = Cli(url)("db", "roles")
+        assert roles_run.exit_code == 0, roles_run.output
+        assert "no walletctl schema yet" in roles_run.stderr
+        assert Cli(url)("db", "grant", login, "--as", "operator").exit_code == 0
+        assert Cli(url)("db", "upgrade").exit_code == 0
+        assert Cli(with_user(url, login))("balance", "nobody").exit_code == 4  # may read
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_login_role(server_url, login)

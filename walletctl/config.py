@@ -220,11 +220,26 @@ def resolve_target(option_url: str | None, settings: Settings) -> DatabaseTarget
     """Pick the database (the primary) by the documented order of precedence."""
     env_url = os.environ.get("WALLETCTL_DATABASE_URL")
     if option_url is not None:
-        return DatabaseTarget("--database-url", conninfo.validated(option_url), None)
+        return DatabaseTarget(
+            "--database-url",
+            conninfo.validated(option_url),
+            None,
+            reason="given on the command line",
+        )
     if env_url:
-        return DatabaseTarget("WALLETCTL_DATABASE_URL", conninfo.validated(env_url), None)
+        return DatabaseTarget(
+            "WALLETCTL_DATABASE_URL",
+            conninfo.validated(env_url),
+            None,
+            reason="WALLETCTL_DATABASE_URL is set (it comes before the config file)",
+        )
     if settings.database_url is not None:
-        return DatabaseTarget("config file", conninfo.validated(settings.database_url), None)
+        return DatabaseTarget(
+            "config file",
+            conninfo.validated(settings.database_url),
+            None,
+            reason=f"database_url in {settings.config_path}",
+        )
     named = server_environment()
     if named:
         shown = ", ".join(f"{name}={value}" for name, value in named.items())

@@ -175,8 +175,11 @@ def connect(
     embedded_database: str = embedded.EMBEDDED_DATABASE,
     admin: bool = False,
     prepared_statements: PreparedStatements = "auto",
+    require_schema: bool = True,
 ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """An autocommit connection to a database whose schema is current.
+    """An autocommit connection to a database whose schema is current (any schema, or
+    none, without ``require_schema``: the db commands that manage roles, which are the
+    server's, not the database's).
 
     The embedded server's databases belong to walletctl, so they are created and migrated
     on the spot (``embedded_database`` names which one: the demo keeps its own), and its
@@ -188,7 +191,8 @@ def connect(
     else:
         conn = open_connection(target.url, prepared_statements=prepared_statements)
     try:
-        require_current_schema(conn)
+        if require_schema:
+            require_current_schema(conn)
         yield conn
     except NotPermitted as refused:
         if refused.login is not None:

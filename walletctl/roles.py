@@ -41,12 +41,15 @@ class Membership:
     superuser: bool
 
 
-def ensure_roles(conn: Connection) -> None:
+def ensure_roles(conn: Connection, *, privileges: bool = True) -> None:
     """Create the group roles that are missing (needs CREATEROLE or a superuser the first
-    time) and apply this walletctl's ownership and privileges to the current database."""
+    time) and apply this walletctl's ownership and privileges to the current database
+    (not ``privileges``: a database with no walletctl schema, say a new server that will
+    receive a partition or a restore, gets the roles only)."""
     with translated(), conn.transaction():
         conn.execute(read_sql("roles"))
-        conn.execute(read_sql("privileges"))
+        if privileges:
+            conn.execute(read_sql("privileges"))
 
 
 def grant(conn: Connection, login_role: str, kind: RoleKind) -> None:

@@ -272,13 +272,21 @@ KindOption = Annotated[
 )
 @prints()
 def db_roles(ctx: typer.Context, out: Output) -> None:
-    from walletctl import roles
+    from walletctl import database, roles
 
-    with state(ctx).connection(admin=True) as conn:
-        roles.ensure_roles(conn)
+    with state(ctx).connection(admin=True, require_schema=False) as conn:
+        revision = database.schema_state(conn).revision
+        roles.ensure_roles(conn, privileges=revision is not None)
         members = roles.memberships(conn)
-        risks = roles.deployment_risks(conn)
-    out.env.message(f"roles and privileges are up to date ({', '.join(roles.GROUP_ROLES)})")
+        risks = roles.deployment_risks(conn) if revision is not None else []
+    if revision is None:
+        out.env.message(
+            f"group roles are up to date ({', '.join(roles.GROUP_ROLES)}); this database has "
+            "no walletctl schema yet, so no privileges were granted in it (walletctl db "
+            "upgrade, or a restore, then db roles again)"
+        )
+    else:
+        out.env.message(f"roles and privileges are up to date ({', '.join(roles.GROUP_ROLES)})")
     for risk in risks:
         out.env.message(f"warning: {risk} (README: Deploying with least privilege)")
     out.listing(
@@ -303,7 +311,8 @@ def _role_change(granted: bool) -> None:
     ) -> None:
         from walletctl import roles
 
-        with state(ctx).connection(admin=True) as conn:
+        # Roles are the server's: a database with no walletctl schema yet may be given them.
+        with state(ctx).connection(admin=True, require_schema=False) as conn:
             (roles.grant if granted else roles.revoke)(conn, login_role, kind)  # type: ignore[arg-type]
         out.env.message(
             f"granted walletctl_{kind} to {login_role}"
@@ -320,10 +329,13 @@ def _role_change(granted: bool) -> None:
     change.__name__ = f"db_{verb}"
     command(
         verb,
-        "Make a login role a member of walletctl_KIND."
+        "Make a login role a member of walletctl_KIND (as a superuser, or a role with "
+        "CREATEROLE; the group roles are the server's, so the database may have no "
+        "walletctl schema yet)."
         if granted
-        else "Take walletctl_KIND away from a login role.",
-        exits=(ExitCode.NOT_FOUND,),
+        else "Take walletctl_KIND away from a login role (as a superuser, or a role with "
+        "CREATEROLE).",
+        exits=(ExitCode.NOT_FOUND, ExitCode.NOT_PERMITTED),
         on=db_app,
     )(change)
 
@@ -358,6 +370,9 @@ DEMO_DATABASE = "walletctl_demo"
 walletctl keeps for real work."""
 
 
+DEMO_SECTIONS = ("balances", "entries", "checks")
+
+
 @command(
     "demo",
     "Show the main job end to end: a top-up, a bonus and a spend for a sample "
@@ -388,6 +403,7 @@ def demo(
     from walletctl.core.reconcile import reconcile
     from walletctl.errors import AlreadyExists, Refused
 
+    out.check_sections(DEMO_SECTIONS)  # before anything is posted
     current = state(ctx)
     target = current.target()
     if not target.embedded and not yes:

@@ -237,10 +237,13 @@ class State:
         return resolve_read_target(self.read_url, self.settings)
 
     @contextmanager
-    def connection(self, *, admin: bool = False) -> Iterator[psycopg.Connection[Any]]:
+    def connection(
+        self, *, admin: bool = False, require_schema: bool = True
+    ) -> Iterator[psycopg.Connection[Any]]:
         """A connection to the primary, for every command that is not a report; ``admin``
         for the db commands that change the schema or the roles (on the embedded server:
-        its superuser instead of walletctl_local)."""
+        its superuser instead of walletctl_local); without ``require_schema`` for those
+        that manage the server's roles, which a database with no schema yet may need."""
         from walletctl.database import connect
 
         with connect(
@@ -248,6 +251,7 @@ class State:
             self.env.message,
             admin=admin,
             prepared_statements=self.settings.prepared_statements,
+            require_schema=require_schema,
         ) as conn:
             yield conn
 

@@ -211,7 +211,8 @@ def export(
                     conn, stream, chosen, since=start, until=end, raw_csv=raw_csv, where=where
                 )
     what = "entries" if chosen in ("csv", "jsonl") else "transactions"
-    env.message(f"exported {count:,} {what}")
+    singular = {"entries": "entry", "transactions": "transaction"}[what]
+    env.message(f"exported {count:,} {what if count != 1 else singular}")
     if json_report:
         Output(env, Format.JSON).record(
             Record(

@@ -207,6 +207,14 @@ class Output:
                 self.record(record)
             self.listing(listing)
 
+    def check_sections(self, names: Sequence[str]) -> None:
+        """Refuse, before any work is done, a format that cannot hold several listings."""
+        if self.format is Format.CSV:
+            raise InvalidInput(
+                f"this prints several tables ({', '.join(names)}); CSV holds one: use "
+                "--format table, tsv, json or jsonl"
+            )
+
     def sections(
         self, listings: Sequence[Listing], *, meta: Mapping[str, Any] | None = None
     ) -> None:
@@ -224,11 +232,7 @@ class Output:
                 for row in listing.rows:
                     self._json({"section": listing.name, **to_json(row)})
         elif fmt is Format.CSV:
-            names = ", ".join(listing.name for listing in listings)
-            raise InvalidInput(
-                f"this prints several tables ({names}); CSV holds one: use --format table, "
-                "tsv, json or jsonl"
-            )
+            self.check_sections([listing.name for listing in listings])
         else:
             for listing in listings:
                 self.listing(listing)

@@ -45,7 +45,12 @@ def show_filed_request(
 ) -> None:
     """What a top-up or bonus above its asset's threshold did: it filed a request."""
     env = out.env
-    if dry_run:
+    if dry_run and filed.replayed:
+        env.message(
+            f"dry run: key {found.idempotency_key} already filed request {found.id} "
+            f"({found.status}); sending it again would file nothing new; nothing was written"
+        )
+    elif dry_run:
         env.message(
             f"dry run: {found.amount:,} {found.asset} is above the approval threshold "
             f"({filed.approve_above:,}): this would create a request awaiting approval; "

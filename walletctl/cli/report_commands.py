@@ -379,10 +379,9 @@ def _key(current: State, out: Output, key: str) -> None:
         )
         return
     if found is None:
-        if out.format in (Format.JSON, Format.JSONL):
-            out.record(Record({"idempotency_key": key, "transaction": None}, title="key"))
-        out.env.message(f"key {key} has not posted anything; a posting with it would be new")
-        raise typer.Exit(ExitCode.NOT_FOUND)
+        from walletctl.errors import NotFound
+
+        raise NotFound(f"key {key!r} has not posted anything; a posting with it would be new")
     _show_transaction(out, found, request)
 
 

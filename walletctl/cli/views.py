@@ -420,7 +420,8 @@ def request(found: CreditRequest) -> View:
 def filed_request(filed: FiledRequest, found: CreditRequest, *, dry_run: bool) -> View:
     view = {**request(found), "replayed": filed.replayed}
     if dry_run:
-        view["request_id"] = None
+        if not filed.replayed:  # the request the dry run would file has no id
+            view["request_id"] = None
         view["dry_run"] = True
     return view
 

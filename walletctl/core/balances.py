@@ -70,10 +70,12 @@ def balances(
     sql = _BALANCES_SQL if as_of is None else _BALANCES_AS_OF_SQL
     with translated(), conn.cursor(row_factory=class_row(Balance)) as cursor:
         rows = cursor.execute(sql, params).fetchall()
-        if rows:
-            return rows
-        if not cursor.execute(
-            "SELECT 1 FROM accounts WHERE external_id = %s", (user_id,)
+    if rows:
+        return rows
+    # No row: every asset appears for a user who exists, so the user or the asset does not.
+    with translated():
+        if not conn.execute(
+            "SELECT 1 FROM accounts WHERE external_id = %s", (params["user"],)
         ).fetchone():
             raise UserNotFound(f"user {user_id} not found")
         if asset is not None:

@@ -79,7 +79,7 @@ _WHO_MAY = {
     "walletctl_add_asset": "walletctl_operator",
     "walletctl_post_batch": "walletctl_batch or walletctl_service",
     "walletctl_seal": "walletctl_batch",
-    "walletctl_request_credit": "walletctl_operator",
+    "walletctl_request_credit": "walletctl_operator or walletctl_service",
     "walletctl_approve_request": "walletctl_approver",
     "walletctl_reject_request": "walletctl_approver",
     "walletctl_expire_requests": "walletctl_approver",

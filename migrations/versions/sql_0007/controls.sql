@@ -6,9 +6,10 @@
 -- credit_requests, credit_request_decisions): the policy in force is each key's newest row,
 -- and every change is a row naming the identity that made it. Only walletctl_admin may
 -- change policy (walletctl_set_approval, walletctl_set_budget, walletctl_freeze_user,
--- walletctl_unfreeze_user); operators file requests (walletctl_request_credit); approvers
--- decide them (walletctl_approve_request, walletctl_reject_request) and record expiries
--- (walletctl_expire_requests). privileges.sql grants.
+-- walletctl_unfreeze_user); operators and services file requests
+-- (walletctl_request_credit); approvers decide them (walletctl_approve_request,
+-- walletctl_reject_request) and record expiries (walletctl_expire_requests).
+-- privileges.sql grants.
 --
 -- SQLSTATEs (walletctl/core/sqlerrors.py):
 --   WL015 the user is frozen             WL019 four eyes: one's own request

@@ -114,11 +114,11 @@ GRANT EXECUTE ON FUNCTION
     TO walletctl_batch, walletctl_service;
 GRANT EXECUTE ON FUNCTION walletctl_seal(bigint) TO walletctl_batch;
 
--- Operator controls (controls.sql): operators file requests, approvers decide them, admins
+-- Operator controls (controls.sql): operators and services file requests, approvers decide them, admins
 -- change policy.
 GRANT EXECUTE ON FUNCTION
     walletctl_request_credit(text, text, text, bigint, text, text, text)
-    TO walletctl_operator;
+    TO walletctl_operator, walletctl_service;
 GRANT EXECUTE ON FUNCTION walletctl_approve_request(bigint, text),
                           walletctl_reject_request(bigint, text),
                           walletctl_expire_requests()
