@@ -194,6 +194,14 @@ def ops_url(clean_db: str, ops_role: str, routed: Callable[[str], str]) -> str:
 def truncate_everything(url: str) -> None:
     """Empty every walletctl table, bypassing the append-only triggers (superuser only)."""
     with psycopg.connect(url, autocommit=True) as admin:
+        # A transaction a failed test left open (directly or in a PgBouncer server session)
+        # would make TRUNCATE wait for ever: end it, and never wait long for a lock here.
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend' AND xact_start IS NOT NULL"
+        )
+        admin.execute("SET lock_timeout = '30s'")
         admin.execute("SET session_replication_role = replica")
         row = admin.execute(WALLETCTL_TABLES_SQL).fetchone()
         assert row is not None and row[0]

@@ -142,37 +142,54 @@ def _hold_a_posting_in_flight(url: str) -> psycopg.Connection[Any]:
     return slow
 
 
-def test_one_seal_at_a_time_and_a_killed_sealer_leaves_no_lock_behind(pooled: str) -> None:
+def _seal_lock_holders(clean_db: str) -> int:
+    """How many sessions hold the seal's advisory lock (read from pg_locks, without
+    competing for the lock: a poll that took it could make the sealer under test give up)."""
+    with psycopg.connect(clean_db, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = %s",
+            (seal.SEAL_LOCK_ID,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_one_seal_at_a_time_and_a_killed_sealer_leaves_no_lock_behind(
+    pooled: str, clean_db: str
+) -> None:
     with database.open_connection(pooled) as conn:
         posting.topup(conn, "alice", 100, idempotency_key="fund", **OPS)
         slow = _hold_a_posting_in_flight(pooled)
-        posting.topup(conn, "carol", 7, idempotency_key="later", **OPS)
-        env = {"WALLETCTL_DATABASE_URL": pooled, "WALLETCTL_CONFIG": os.devnull}
-        sealer = subprocess.Popen(
-            [sys.executable, "-m", "walletctl", "seal", "--wait", "60"],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
         try:
-            deadline = time.monotonic() + 30
-            while True:  # until the sealer holds the lock
-                try:
+            posting.topup(conn, "carol", 7, idempotency_key="later", **OPS)
+            env = {"WALLETCTL_DATABASE_URL": pooled, "WALLETCTL_CONFIG": os.devnull}
+            sealer = subprocess.Popen(
+                [sys.executable, "-m", "walletctl", "seal", "--wait", "60"],
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                deadline = time.monotonic() + 30
+                while _seal_lock_holders(clean_db) == 0:  # until the sealer holds the lock
+                    assert sealer.poll() is None, f"the sealer ended: exit {sealer.returncode}"
+                    assert time.monotonic() < deadline, "the sealer never took its lock"
+                    time.sleep(0.05)
+                again = run_process("seal", env=env)
+                assert again.exit_code == 8 and "another walletctl seal is running" in again.stderr
+                with pytest.raises(ConcurrentRun, match="another walletctl seal is running"):
                     seal.seal(conn, wait_seconds=0)
-                except ConcurrentRun as exc:
-                    if "another walletctl seal is running" in str(exc):
-                        break
-                assert time.monotonic() < deadline, "the sealer never took its lock"
-                time.sleep(0.05)
-            again = run_process("seal", env=env)
-            assert again.exit_code == 8 and "another walletctl seal is running" in again.stderr
-            sealer.send_signal(signal.SIGKILL)
-            sealer.wait(timeout=30)
+                sealer.send_signal(signal.SIGKILL)
+                sealer.wait(timeout=30)
+            finally:
+                if sealer.poll() is None:
+                    sealer.kill()
+                    sealer.wait(timeout=30)
+            slow.execute("COMMIT")
         finally:
-            if sealer.poll() is None:
-                sealer.kill()
-        slow.execute("COMMIT")
-        slow.close()
+            slow.close()
         # The killed sealer's transaction was rolled back, and its lock with it.
         checkpoint = seal.seal(conn, wait_seconds=20)
         assert checkpoint is not None and checkpoint.transactions == 3
