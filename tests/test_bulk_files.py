@@ -4,6 +4,9 @@ before posting" meaning everything that can be known before posting."""
 from __future__ import annotations
 
 import json
+import os
+import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +148,35 @@ def test_a_report_that_cannot_be_written_is_refused_before_posting(
     assert result.stderr.count("\n") == 1 and "--report" in result.stderr
     assert ledger_snapshot(db) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-directory", "rows.csv"]
+
+
+def test_a_report_into_a_link_or_a_named_pipe_writes_through_it_and_replaces_nothing(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """As a shell's > would: the link stays and its target is written; a named pipe (like
+    /dev/null or /dev/stdout, which as root a rename would replace for the whole machine)
+    stays a pipe and its reader gets the report."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("user,amount\nalice,10\n")
+    (tmp_path / "reports").mkdir()
+    link = tmp_path / "latest.csv"
+    link.symlink_to(tmp_path / "reports" / "today.csv")
+    result = cli("topup", "--file", str(rows), "--key-prefix", "r", "--report", str(link))
+    assert result.exit_code == 0, result.stderr
+    assert link.is_symlink() and os.readlink(link) == str(tmp_path / "reports" / "today.csv")
+    assert "alice" in (tmp_path / "reports" / "today.csv").read_text()
+
+    pipe = tmp_path / "report.pipe"
+    os.mkfifo(pipe)
+    received: list[str] = []
+    # A daemon: if the pipe were replaced, its reader would wait for ever, not the run.
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()), daemon=True)
+    reader.start()
+    result = cli("topup", "--file", str(rows), "--key-prefix", "r", "--report", str(pipe))
+    assert result.exit_code == 0, result.stderr
+    assert stat.S_ISFIFO(pipe.lstat().st_mode)
+    reader.join(timeout=30)
+    assert received and "replayed" in received[0]
 
 
 @pytest.mark.parametrize(

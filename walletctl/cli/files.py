@@ -1,4 +1,12 @@
-"""Files walletctl writes (reports, exports, metrics): whole or not at all."""
+"""Files walletctl writes (reports, exports, metrics): whole or not at all.
+
+A regular file is written beside itself and renamed over the old one. What is not a
+regular file is written into as it is, as a shell's ``>`` would: a symbolic link is
+followed (the link stays, its target is written), and a device or named pipe
+(``/dev/null``, ``/dev/stdout``, a FIFO a reader waits on) is opened and written, never
+replaced by a file of the same name (as root, renaming over ``/dev/null`` would replace the
+machine's own device).
+"""
 
 from __future__ import annotations
 
@@ -15,16 +23,33 @@ from walletctl.errors import InvalidInput
 def check_writable(path: Path, option: str) -> None:
     """Fail now, not after the work, if ``path`` cannot be written as atomic_text_file
     writes it: its folder exists and takes a new file (tried for real: permissions alone
-    do not tell, for root or on a read-only mount), and the path is not a folder."""
-    directory = _folder(path, option)
-    if path.is_dir():
+    do not tell, for root or on a read-only mount), and the path is not a folder; a device
+    or named pipe is writable by its permissions (opening a pipe would wait for a reader)."""
+    target = _target(path)
+    directory = _folder(target, option)
+    if target.is_dir():
         raise InvalidInput(f"{option}: {path} is a directory")
+    if _is_special(target):
+        if not os.access(target, os.W_OK):
+            raise InvalidInput(f"{option}: cannot write {path}: Permission denied")
+        return
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
     except OSError as exc:
         raise InvalidInput(f"{option}: cannot write in {directory}: {exc.strerror}") from None
     os.close(handle)
     os.unlink(temporary)
+
+
+def _target(path: Path) -> Path:
+    """Where writing ``path`` lands: a symbolic link's target (a dangling link's too)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _is_special(path: Path) -> bool:
+    """A device, named pipe or socket: something that exists and is neither a regular file
+    nor a folder."""
+    return path.exists() and not path.is_file() and not path.is_dir()
 
 
 def _folder(path: Path, option: str) -> Path:
@@ -37,12 +62,18 @@ def _folder(path: Path, option: str) -> Path:
 @contextmanager
 def atomic_text_file(path: Path, option: str) -> Iterator[TextIO]:
     """Write to a temporary file beside ``path``, renamed over it once complete: a reader
-    (a spreadsheet, node_exporter) never sees half a file, and a failure leaves none."""
-    directory = _folder(path, option)
-    if path.is_dir():
+    (a spreadsheet, node_exporter) never sees half a file, and a failure leaves none. A
+    device or named pipe is written into directly (see the module's docstring)."""
+    target = _target(path)
+    if _is_special(target):
+        with _written_in_place(target, path, option) as out:
+            yield out
+        return
+    directory = _folder(target, option)
+    if target.is_dir():
         raise InvalidInput(f"{option}: {path} is a directory")
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
     except OSError as exc:
         raise InvalidInput(f"{option}: cannot write in {directory}: {exc.strerror}") from None
     try:
@@ -51,9 +82,18 @@ def atomic_text_file(path: Path, option: str) -> Iterator[TextIO]:
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
+        os.replace(temporary, target)
     except OSError as exc:
         raise InvalidInput(f"{option}: cannot write {path}: {exc.strerror}") from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+@contextmanager
+def _written_in_place(target: Path, path: Path, option: str) -> Iterator[TextIO]:
+    try:
+        with open(target, "w", encoding="utf-8", newline="") as out:
+            yield out
+    except OSError as exc:
+        raise InvalidInput(f"{option}: cannot write {path}: {exc.strerror}") from None
