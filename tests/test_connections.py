@@ -148,3 +148,27 @@ def test_a_url_whose_password_libpq_would_misread_is_refused_with_the_fix() -> N
             "postgresql://u:pa/ss@db.internal/wallet", Settings(config_path=Path(os.devnull))
         )
     assert "pa/ss" not in str(refused.value) and "ss@" not in str(refused.value)
+
+
+def test_a_stray_pghostaddr_cannot_send_a_url_to_another_server(database_url: str) -> None:
+    """libpq would connect to PGHOSTADDR whatever the URL's host says: refused, nothing run;
+    a URL that names its own address, or the PG environment alone, still connects."""
+    elsewhere = Cli(database_url, env={"PGHOSTADDR": "127.0.0.2"})
+    refused = elsewhere("asset", "list", "--format", "tsv")
+    assert refused.exit_code == 2, refused.output
+    assert "PGHOSTADDR=127.0.0.2" in refused.stderr and refused.stderr.count("\n") == 1
+    params = conninfo_to_dict(database_url)
+    addressed = f"{database_url}{'&' if '?' in database_url else '?'}hostaddr=127.0.0.1"
+    named = Cli(addressed, env={"PGHOSTADDR": "127.0.0.2"})
+    assert named("asset", "list", "--format", "tsv").exit_code == 0
+    from_environment = Cli(
+        "",
+        env={
+            "WALLETCTL_DATABASE_URL": "",
+            "PGHOSTADDR": "127.0.0.1",
+            "PGPORT": str(params.get("port", 5432)),
+            "PGUSER": str(params.get("user", "postgres")),
+            "PGDATABASE": str(params["dbname"]),
+        },
+    )
+    assert from_environment("asset", "list", "--format", "tsv").exit_code == 0

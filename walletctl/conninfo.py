@@ -12,7 +12,9 @@ replaced by ``***`` (``masked``).
 
 from __future__ import annotations
 
+import os
 import re
+from typing import Any
 from urllib.parse import unquote
 
 from walletctl.errors import InvalidInput
@@ -86,7 +88,22 @@ def validated(conninfo: str, what: str = "database URL") -> str:
                 f"malformed {what} {masked(conninfo)!r}: port {port.strip()!r} is not a port "
                 "number (1-65535)"
             )
+    _refuse_a_stray_hostaddr(conninfo, params, what)
     return conninfo
+
+
+def _refuse_a_stray_hostaddr(conninfo: str, params: dict[str, Any], what: str) -> None:
+    """libpq fills a parameter the text leaves out from its PG* variable, and connects to
+    ``hostaddr`` whatever ``host`` says: with PGHOSTADDR left set in a shell, a URL naming
+    one server would reach another, silently. A URL that names its host must name its
+    address too, or the variable be unset."""
+    stray = os.environ.get("PGHOSTADDR")
+    if stray and "hostaddr" not in params and ("host" in params or "service" in params):
+        raise InvalidInput(
+            f"{what} {masked(conninfo)!r} names a host, but PGHOSTADDR={stray} would make "
+            "libpq connect to that address instead: unset PGHOSTADDR, or put hostaddr= in "
+            f"the {what}"
+        )
 
 
 def masked(conninfo: str) -> str:
