@@ -7,6 +7,8 @@ the two servers to differ: then what a report shows proves which server it read.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +177,7 @@ def test_a_standby_that_receives_nothing_has_an_unknown_lag(pair: Replication) -
         streaming_from = str(row[0])
         try:
             _set_primary_conninfo(standby, "")  # the WAL receiver stops
+            assert cli("topup", "alice", "70").exit_code == 0  # which it will never receive
             refused = cli("--max-lag", "60", "balance", "alice")
             assert refused.exit_code == 12
             assert "cannot tell how far behind" in refused.stderr
@@ -185,6 +188,37 @@ def test_a_standby_that_receives_nothing_has_an_unknown_lag(pair: Replication) -
         finally:
             _set_primary_conninfo(standby, streaming_from)
     pair.wait_for_replay()
+
+
+def test_a_stalled_stream_is_not_taken_for_a_caught_up_standby(pair: Replication) -> None:
+    """The primary's walsender is stopped (SIGSTOP): the standby's receiver still says
+    `streaming` and it has replayed all it received, so from the standby alone it looks
+    caught up while it misses a posting. --max-lag compares with the primary's WAL."""
+    cli = _cli(pair)
+    assert cli("topup", "alice", "500").exit_code == 0
+    pair.wait_for_replay()
+    with psycopg.connect(pair.primary_url("postgres"), autocommit=True) as primary:
+        row = primary.execute("SELECT pid FROM pg_stat_replication").fetchone()
+    assert row is not None
+    walsender = int(row[0])
+    os.kill(walsender, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)
+        assert cli("topup", "alice", "70").exit_code == 0
+        with psycopg.connect(pair.standby_url("postgres"), autocommit=True) as standby:
+            status = standby.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+        assert status == ("streaming",)
+        refused = cli("--max-lag", "1", "balance", "alice", "--json")
+        assert refused.exit_code == 12, refused.stdout + refused.stderr
+        assert refused.stdout == "" and "more than --max-lag 1" in refused.stderr
+        stale = cli("balance", "alice", "--json")  # without a limit: read, and said how far
+        assert stale.exit_code == 0 and _balance(stale) == 500
+    finally:
+        os.kill(walsender, signal.SIGCONT)
+    pair.wait_for_replay()
+    caught_up = cli("--max-lag", "1", "balance", "alice", "--json")
+    assert caught_up.exit_code == 0 and _balance(caught_up) == 570
+    assert json.loads(caught_up.stdout)["read_from"]["lag_seconds"] == 0
 
 
 def _set_primary_conninfo(standby: psycopg.Connection[tuple[object, ...]], value: str) -> None:

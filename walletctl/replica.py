@@ -11,6 +11,13 @@ replayed, and the primary's commit time of the last transaction it replayed. Fro
 - it is not receiving (its primary is unreachable, or it restores from an archive only):
   how far behind it is cannot be known; the last replayed commit is still reported.
 
+"Everything it received" cannot tell a standby whose stream has stalled (a walsender or a
+network path that hangs keeps the receiver's status `streaming` until
+wal_receiver_timeout, a minute by default) from one that is caught up. So under
+--max-lag, when the primary answers, the measure compares with the primary's own flushed
+WAL position, read just before: replayed up to it, 0 s behind; short of it, as far behind
+as the time since the last replayed commit.
+
 Times compare the standby's clock with the primary's commit times: keep the clocks in sync
 (NTP), as replication monitoring always assumes.
 """
@@ -31,8 +38,9 @@ before it reports the time since its last replayed commit."""
 
 _SAMPLE_SQL = """
 SELECT pg_is_in_recovery(),
-       pg_last_wal_receive_lsn() IS NOT NULL
-           AND pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn(),
+       coalesce(pg_last_wal_replay_lsn() >= %(primary_lsn)s::pg_lsn,
+                pg_last_wal_receive_lsn() IS NOT NULL
+                    AND pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()),
        pg_last_xact_replay_timestamp(),
        greatest(extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()), 0),
        receiver.pid IS NOT NULL AND coalesce(receiver.status = 'streaming', true)
@@ -84,15 +92,23 @@ class ReadServer:
         }
 
 
-def measure(conn: Connection, *, settle_seconds: float = SETTLE_SECONDS) -> ReadServer:
-    """Where ``conn`` reads, and how far behind its primary that is (see the module)."""
+def measure(
+    conn: Connection,
+    *,
+    primary_lsn: str | None = None,
+    settle_seconds: float = SETTLE_SECONDS,
+) -> ReadServer:
+    """Where ``conn`` reads, and how far behind its primary that is (see the module);
+    ``primary_lsn``: the primary's flushed WAL position (primary_flush_lsn), when known."""
     deadline = time.monotonic() + settle_seconds
     while True:
-        row = conn.execute(_SAMPLE_SQL).fetchone()
+        row = conn.execute(_SAMPLE_SQL, {"primary_lsn": primary_lsn}).fetchone()
         assert row is not None
         standby, caught_up, replayed_at, since_commit, receiving = row
         if not standby:
             return ReadServer(_where(conn), False, 0.0)
+        if caught_up and primary_lsn is not None:
+            return ReadServer(_where(conn), True, 0.0, replayed_at, receiving=bool(receiving))
         if not receiving:
             return ReadServer(_where(conn), True, None, replayed_at, receiving=False)
         if caught_up:
@@ -101,6 +117,14 @@ def measure(conn: Connection, *, settle_seconds: float = SETTLE_SECONDS) -> Read
             lag = None if since_commit is None else float(since_commit)
             return ReadServer(_where(conn), True, lag, replayed_at)
         time.sleep(0.02)
+
+
+def primary_flush_lsn(primary: Connection) -> str:
+    """The primary's WAL position flushed to its disk: a standby that has replayed up to it
+    holds every commit the primary had made when it was read."""
+    row = primary.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def require_within(server: ReadServer, max_lag: float | None) -> None:

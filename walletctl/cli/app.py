@@ -271,13 +271,36 @@ class State:
         from walletctl import replica
         from walletctl.database import connect
 
+        primary_lsn = self._primary_flush_lsn() if self.max_lag is not None else None
         with connect(
             read, self.env.message, prepared_statements=self.settings.prepared_statements
         ) as conn:
-            server = replica.measure(conn)
+            server = replica.measure(conn, primary_lsn=primary_lsn)
             replica.require_within(server, self.max_lag)
             self.announce_read_server(server)
             yield conn
+
+    def _primary_flush_lsn(self) -> str | None:
+        """The primary's flushed WAL position, for --max-lag to compare a standby with (a
+        stalled stream looks caught up from the standby alone); None when the primary does
+        not answer: then the standby's own measure decides (a standby whose primary is gone
+        soon stops receiving, and is refused), or none is configured (reports need only the
+        read server)."""
+        import psycopg
+
+        from walletctl import replica
+        from walletctl.database import connect
+
+        try:
+            with connect(
+                self.target(),
+                self.env.message,
+                prepared_statements=self.settings.prepared_statements,
+                require_schema=False,
+            ) as primary:
+                return replica.primary_flush_lsn(primary)
+        except (WalletError, psycopg.Error):
+            return None
 
     def announce_read_server(self, server: ReadServer) -> None:
         """The one place a report says where it read: a note on stderr (even under
