@@ -17,8 +17,9 @@
 --   global reads: RUN ON ALL, one row per partition and asset, which walletctl adds up.
 --
 -- Who connects to the partitions: PL/Proxy appends user=CURRENT_USER to a connect string
--- without user= (doc/config.md), and every function here is SECURITY INVOKER, so the
--- partitions see the role that logged in to the proxy as session_user: it is the actor
+-- without user= (doc/config.md), every function here is SECURITY INVOKER, and a call
+-- after SET ROLE is refused (get_cluster_version), so the partitions see the role that
+-- logged in to the proxy as session_user: it is the actor
 -- recorded, and it has there the privileges its walletctl roles give it, no more. The
 -- configuration uses PL/Proxy's configuration functions rather than SQL/MED, because a
 -- role with USAGE on a SQL/MED server may create its own user mapping (user 'postgres')
@@ -44,9 +45,22 @@ CREATE TABLE IF NOT EXISTS plproxy.walletctl_config_version (
 );
 INSERT INTO plproxy.walletctl_config_version (version) VALUES (1) ON CONFLICT DO NOTHING;
 
+-- PL/Proxy asks for the version before every call, as the caller (SECURITY INVOKER: so
+-- it sees the caller's current_user). It connects to the partitions as current_user, the
+-- role a login has switched to with SET ROLE, and the partitions record that role as the
+-- actor: a login that is a member of another login role would post as it. So a call
+-- under another role than the login is refused here, before any partition is reached.
+-- (PL/Proxy's default_user = session_user does not do it: it applies from a backend's
+-- second call on.)
 CREATE OR REPLACE FUNCTION plproxy.get_cluster_version(cluster_name text) RETURNS integer
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF current_user <> session_user THEN
+        RAISE EXCEPTION 'walletctl: the proxy is used as the role that logged in (%), not '
+            'as % after SET ROLE: the partitions record the role that reaches them as the '
+            'actor', session_user, current_user
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF cluster_name = 'walletctl' THEN
         RETURN (SELECT v.version FROM plproxy.walletctl_config_version v);
     END IF;
@@ -212,6 +226,9 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA plproxy FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA plproxy, public
+    TO walletctl_operator, walletctl_batch, walletctl_service, walletctl_finance,
+       walletctl_approver, walletctl_admin;
+GRANT SELECT ON plproxy.walletctl_config_version
     TO walletctl_operator, walletctl_batch, walletctl_service, walletctl_finance,
        walletctl_approver, walletctl_admin;
 GRANT EXECUTE ON FUNCTION plproxy.get_cluster_version(text),

@@ -1,0 +1,64 @@
+"""Who the partitions see behind the proxy: the role that logged in to it. PL/Proxy would
+connect as the role switched to with SET ROLE, and the partitions would record that role as
+the actor: the proxy refuses calls made under another role than the login."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from .conftest import ClusterUrls, create_login_role, drop_login_role, with_user
+
+
+@pytest.fixture
+def clerk_and_reader(server_url: str) -> Iterator[tuple[str, str]]:
+    """An operator login, and a finance login that is a member of it (so holds its
+    privileges and may SET ROLE to it, as a login in several of an organisation's groups
+    may)."""
+    suffix = uuid.uuid4().hex[:8]
+    clerk, reader = f"walletctl_test_clerk_{suffix}", f"walletctl_test_reader_{suffix}"
+    create_login_role(server_url, clerk, "operator", "finance")
+    create_login_role(server_url, reader, "finance")
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'GRANT "{clerk}" TO "{reader}"')
+    yield clerk, reader
+    drop_login_role(server_url, reader)
+    drop_login_role(server_url, clerk)
+
+
+def test_set_role_on_the_proxy_does_not_change_who_posts_on_the_partitions(
+    clean_cluster: ClusterUrls, clerk_and_reader: tuple[str, str]
+) -> None:
+    clerk, reader = clerk_and_reader
+    with psycopg.connect(with_user(clean_cluster.proxy, clerk), autocommit=True) as conn:
+        conn.execute("SELECT walletctl_add_asset('GOLD', 'Gold Coins')")
+        receipt = conn.execute(
+            "SELECT (r).actor FROM walletctl_post('topup', 'alice', 'GOLD', 10, 'by-clerk',"
+            " 'bought', NULL) AS r"
+        ).fetchone()
+    assert receipt == (clerk,)
+
+    with psycopg.connect(with_user(clean_cluster.proxy, reader), autocommit=True) as conn:
+        conn.execute(f'SET ROLE "{clerk}"')
+        for call in (
+            "SELECT walletctl_post('topup', 'alice', 'GOLD', 7, 'as-clerk', 'bought', NULL)",
+            "SELECT * FROM walletctl_balances('alice')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="SET ROLE"):
+                conn.execute(call)
+        conn.execute("RESET ROLE")  # as itself, it acts as itself (with what it holds)
+        receipt = conn.execute(
+            "SELECT (r).actor FROM walletctl_post('topup', 'alice', 'GOLD', 7, 'as-reader',"
+            " 'bought', NULL) AS r"
+        ).fetchone()
+    assert receipt == (reader,)
+    posted = []
+    for url in clean_cluster.partitions:
+        with psycopg.connect(url) as partition:
+            posted += partition.execute(
+                "SELECT idempotency_key, actor FROM transactions ORDER BY id"
+            ).fetchall()
+    assert sorted(posted) == [("as-reader", reader), ("by-clerk", clerk)]
