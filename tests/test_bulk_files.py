@@ -150,6 +150,32 @@ def test_a_report_that_cannot_be_written_is_refused_before_posting(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-directory", "rows.csv"]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_report_refused_after_posting_says_the_rows_were_posted_and_exits_13(
+    cli: Cli, db: Conn, tmp_path: Path
+) -> None:
+    """/dev/full passes the check before posting (it is writable) and refuses the write:
+    the rows are in the ledger, so the run says so (exit 13, not 'invalid input'), and
+    running it again replays them."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("user,amount\nalice,10\nbob,5\n")
+    result = cli(
+        "topup", "--file", str(rows), "--key-prefix", "f", "--report", "/dev/full", "--json"
+    )
+    assert result.exit_code == 13, result.output
+    assert json.loads(result.stdout)["outcomes"]["posted"] == 2
+    assert result.stderr.count("\n") == 1
+    assert "No space left on device" in result.stderr and "2 row(s) posted" in result.stderr
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    assert balance_of(db, "alice") == 10 and balance_of(db, "bob") == 5
+    again = cli(
+        "topup", "--file", str(rows), "--key-prefix", "f", "--report", str(tmp_path / "r.csv"),
+        "--json",
+    )  # fmt: skip
+    assert again.exit_code == 0 and json.loads(again.stdout)["outcomes"]["replayed"] == 2
+    assert balance_of(db, "alice") == 10
+
+
 def test_a_report_into_a_link_or_a_named_pipe_writes_through_it_and_replaces_nothing(
     cli: Cli, tmp_path: Path
 ) -> None:

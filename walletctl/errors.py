@@ -100,6 +100,12 @@ class StandbyTooFarBehind(WalletError):
     allows, or cannot tell how far behind it is."""
 
 
+class OutputNotWritten(WalletError):
+    """The work was done (a bulk file posted), but a file it was asked to write (--report)
+    could not be written: a failure after the fact, which must not read as 'nothing
+    happened'."""
+
+
 class SchemaOutOfDate(WalletError):
     """The database schema is behind this walletctl (or was never created)."""
 

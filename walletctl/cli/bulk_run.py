@@ -27,7 +27,7 @@ from walletctl.cli.exit_codes import ExitCode
 from walletctl.cli.files import atomic_text_file, check_writable
 from walletctl.cli.output import Listing, Output, csv_cell, to_json
 from walletctl.core.values import balance_change
-from walletctl.errors import InvalidInput, Refused
+from walletctl.errors import InvalidInput, OutputNotWritten, Refused
 
 if TYPE_CHECKING:
     from walletctl.cli.app import State
@@ -114,10 +114,21 @@ def run_file(current: State, out: Output, kind: PostingKind, request: FileReques
         )
     _check_policy(current, kind, parsed, request)
     outcomes = _post(current, kind, parsed, request)
-    if request.report is not None:
-        _write_report(request.report, kind, outcomes, parsed.invalid, raw_csv=raw_csv)
     result = bulk.tally(outcomes, parsed.invalid)
+    unwritten = None
+    if request.report is not None:
+        try:
+            _write_report(request.report, kind, outcomes, parsed.invalid, raw_csv=raw_csv)
+        except InvalidInput as exc:  # checked before posting; a device can still refuse
+            unwritten = exc
     _summarise(out, name, kind, result, request)
+    if unwritten is not None:
+        raise OutputNotWritten(
+            f"{unwritten}; the file was processed ({result.rows['posted']} row(s) posted, "
+            f"{result.rows['replayed']} replayed, {result.failed} not posted: the summary "
+            "says which outcomes): run the same file again to write the report, its rows "
+            "replay"
+        )
     if not result.complete:
         raise typer.Exit(ExitCode.PARTIAL)
 

@@ -40,6 +40,9 @@ class ExitCode(IntEnum):
     STANDBY_BEHIND = 12
     """The standby a report would read is further behind than --max-lag (or cannot tell
     how far): nothing was read; run again later, or with --primary."""
+    REPORT_NOT_WRITTEN = 13
+    """A bulk file was posted (its summary is printed) but its --report could not be
+    written; running the same file again replays its rows and writes the report."""
 
 
 EXIT_CODE_HELP = "\n".join(
@@ -67,6 +70,8 @@ def exit_code_for(error: BaseException) -> ExitCode:
             return ExitCode.BUSY
         case errors.StandbyTooFarBehind():
             return ExitCode.STANDBY_BEHIND
+        case errors.OutputNotWritten():
+            return ExitCode.REPORT_NOT_WRITTEN
         case errors.ReconcileFailed():
             return ExitCode.RECONCILE_FAILED
         case errors.DatabaseUnavailable() | errors.SchemaOutOfDate():

@@ -37,6 +37,7 @@ POSTING_EXITS = (
     ExitCode.CONFLICT,
     ExitCode.REFUSED,
     ExitCode.PARTIAL,
+    ExitCode.REPORT_NOT_WRITTEN,
 )
 
 
