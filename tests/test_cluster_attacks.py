@@ -6,18 +6,23 @@ superuser who switches the rule off is still found by reconcile through the prox
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from walletctl import migrate
+from walletctl.cluster.admin import number_partition
+from walletctl.cluster.topology import Partition
 from walletctl.core import posting
 from walletctl.errors import WrongPartition
 
 from .cli_helpers import Cli
-from .conftest import ClusterUrls, with_user
+from .conftest import ClusterUrls, _with_database, with_user
 from .helpers import assert_ledger_consistent, ledger_snapshot
 
 HERE, ELSEWHERE = 1, 0
@@ -214,3 +219,67 @@ def test_a_superuser_is_refused_too_and_switching_the_rule_off_is_found_by_recon
     assert placement["status"] == "FAIL"
     assert placement["failures"] == 1
     assert f"partition {HERE} (" in placement["examples"]
+
+
+def _migration_0008() -> Any:
+    path = migrate.migrations_dir() / "versions"
+    spec = importlib.util.spec_from_file_location("m0008", path / "0008_partition_placement.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_upgrade_keeps_users_already_misplaced_and_refuses_new_ones(server_url: str) -> None:
+    """A partition at revision 0007 that already holds a user of another partition (what
+    a direct credit could do then) upgrades: the user stays and is reported, new ones are
+    refused; the downgrade takes the rule away again."""
+    name = f"walletctl_place_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as su:
+        su.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(server_url, name)
+    try:
+        migrate.upgrade(url, "0007")
+        with psycopg.connect(url, autocommit=True) as conn:
+            number_partition(conn, Partition(HERE, f"dbname={name}"), 2)
+            foreign = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT 'u' || g FROM generate_series(1, 20) g "
+                    "WHERE hashtext('u' || g) & 1 <> %s ORDER BY g",
+                    (HERE,),
+                )
+            ]
+            conn.execute("SELECT walletctl_add_asset('GOLD', 'Gold Coins')")
+            conn.execute(
+                "SELECT walletctl_post('topup', %s, 'GOLD', 5, 'old', NULL)", (foreign[0],)
+            )
+        migrate.upgrade(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            # The upgrade's warning (a server WARNING: psql and the server log show it).
+            notices: list[str] = []
+            conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+            conn.execute(_migration_0008().WARN_MISPLACED_SQL)
+            assert notices == [
+                "walletctl: 1 user(s) on this partition belong to other partitions; they "
+                "stay (reconcile through the proxy names them: partition_placement), new "
+                "ones are refused (WL024)"
+            ]
+            # The user already here stays and still posts; a new one is refused.
+            conn.execute(
+                "SELECT walletctl_post('topup', %s, 'GOLD', 5, 'again', NULL)", (foreign[0],)
+            )
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute(
+                    "SELECT walletctl_post('topup', %s, 'GOLD', 5, 'new', NULL)", (foreign[1],)
+                )
+            assert refused.value.sqlstate == "WL024"
+        migrate.downgrade(url, "0007")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT walletctl_post('topup', %s, 'GOLD', 5, 'new', NULL)", (foreign[1],)
+            )
+        migrate.upgrade(url)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as su:
+            su.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
