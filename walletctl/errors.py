@@ -21,6 +21,16 @@ class InvalidAmount(InvalidInput):
     overflow."""
 
 
+class WrongPartition(InvalidInput):
+    """A database connected to directly is a partition of a cluster that is not the user's:
+    creating the user here would split its credits over two partitions (WL024). Post through
+    the proxy, or on ``partition`` (the user's) directly."""
+
+    def __init__(self, message: str, *, partition: int | None) -> None:
+        super().__init__(message)
+        self.partition = partition
+
+
 class InsufficientFunds(WalletError):
     """The spend (or the reversal of a credit) would take the user's balance below zero."""
 

@@ -35,6 +35,7 @@ from walletctl.errors import (
     UserFrozen,
     UserNotFound,
     WalletError,
+    WrongPartition,
 )
 
 INSUFFICIENT_FUNDS = "WL001"
@@ -61,6 +62,8 @@ ALREADY_DECIDED = "WL020"
 NOT_A_REQUEST = "WL021"
 REQUEST_EXPIRED = "WL022"
 NOT_READ_COMMITTED = "WL023"
+# A cluster's placement rule (walletctl/sql/rules.sql).
+WRONG_PARTITION = "WL024"
 FEATURE_NOT_SUPPORTED = "0A000"
 
 # Nothing was written, and the same request may simply be sent again.
@@ -147,6 +150,12 @@ def translate(exc: psycopg.Error) -> Exception:
         return RequestExpired(message)
     if code == NOT_READ_COMMITTED:
         return InvalidInput(f"refused by the database: {message}")
+    if code == WRONG_PARTITION:
+        detail = (exc.diag.message_detail or "").removeprefix(_PLPROXY_DETAIL)
+        return WrongPartition(
+            f"refused by the database: {message}",
+            partition=int(detail) if detail.isdigit() else None,
+        )
     if code == KEY_CLAIMED_CONCURRENTLY:
         return KeyClaimedConcurrently(message)
     if code in (INVALID_AMOUNT,) or isinstance(exc, pg.NumericValueOutOfRange):

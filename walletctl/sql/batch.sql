@@ -18,7 +18,10 @@
 --   asset's approval threshold, is refused alone (invalid, the detail says why), decided
 --   before the locks and again after them; a batch whose credits exceed the caller's
 --   issuance budget is refused whole (WL016); a row whose key a request for approval holds
---   is a conflict. The batch runs at READ COMMITTED only (WL023), as walletctl_post.
+--   is a conflict. The batch runs at READ COMMITTED only (WL023), as walletctl_post;
+-- - placement: on a partition of a cluster, a credit that would create a user of another
+--   partition is refused alone (invalid, the detail names both partitions; atomic: WL024),
+--   before any user is created, as the accounts' placement trigger would (rules.sql).
 --
 -- Its temporary tables are always named with their schema (pg_temp.walletctl_batch), so
 -- that no table elsewhere on the search path can stand in for them.
@@ -46,6 +49,8 @@ DECLARE
     v_group record;
     v_row record;
     v_running numeric;
+    v_partitions bigint;
+    v_partition bigint;
 BEGIN
     IF p_kind IS NULL OR p_kind NOT IN ('topup', 'bonus', 'spend') THEN
         RAISE EXCEPTION 'unknown posting kind %', p_kind USING ERRCODE = '22023';
@@ -65,8 +70,12 @@ BEGIN
             USING ERRCODE = 'WL014';
     END IF;
 
+    -- This database's place in a cluster (none: NULL, and no row is placed elsewhere).
+    SELECT p.partitions, p.partition INTO v_partitions, v_partition FROM walletctl_partition() p;
+
     -- Each row with what the ledger knows of it, and the outcomes decided without locks:
-    -- invalid rows, keys seen before (replay or conflict), spends of unknown users.
+    -- invalid rows, keys seen before (replay or conflict), spends of unknown users, new
+    -- users of another partition.
     CREATE TEMPORARY TABLE pg_temp.walletctl_batch ON COMMIT DROP AS
     SELECT r.line, r.user_id, r.asset, r.amount, r.idempotency_key, r.reason,
            v_sign * r.amount AS delta, s.id AS asset_id, a.id AS account_id,
@@ -89,6 +98,9 @@ BEGIN
                WHEN s.id IS NULL THEN 'asset_not_found'
                WHEN p_kind = 'bonus' AND r.reason IS NULL THEN 'reason_required'
                WHEN v_sign < 0 AND a.id IS NULL THEN 'not_found'
+               WHEN v_sign > 0 AND a.id IS NULL
+                    AND hashtext(r.user_id) & (v_partitions - 1) <> v_partition
+                   THEN 'wrong_partition'
                -- The operator controls (controls.sql), as for walletctl_post; decided here
                -- so that a refused credit creates no user, and again after the locks.
                ELSE (SELECT p.refusal
@@ -223,6 +235,7 @@ BEGIN
                     WHEN 'overflow' THEN 'WL009'
                     WHEN 'frozen' THEN 'WL015'
                     WHEN 'approval_required' THEN 'WL017'
+                    WHEN 'wrong_partition' THEN 'WL024'
                     ELSE '22023' END,
                 DETAIL = v_row.line::text;
         END IF;
@@ -270,7 +283,7 @@ BEGIN
     SELECT b.line,
            CASE WHEN b.outcome IN ('invalid_amount', 'duplicate_key', 'asset_not_found',
                                    'reason_required', 'overflow', 'frozen',
-                                   'approval_required')
+                                   'approval_required', 'wrong_partition')
                 THEN 'invalid'
                 WHEN b.outcome = 'request_key' THEN 'conflict'
                 ELSE b.outcome END,

@@ -16,6 +16,7 @@
 --   WL016 issuance budget exceeded       WL020 the request was already decided otherwise
 --   WL017 approval required              WL021 not a request (no threshold, or not above it)
 --   WL018 request or role not found      WL022 the request has expired
+-- (WL024, a user of another partition of a cluster, is the accounts' rule: rules.sql.)
 --
 -- Locks: a posting locks its balance row(s) first and its budget rows last, in ascending
 -- (asset, role) order, in single postings, batches and approvals alike; an approval locks
@@ -213,7 +214,9 @@ $$;
 
 -- File a top-up or bonus above its asset's threshold as a request (walletctl_post refuses
 -- it with WL017). Idempotent like a posting: the same key with the same request returns
--- that request (replayed); with a different one it is a conflict.
+-- that request (replayed); with a different one it is a conflict. On a partition of a
+-- cluster, a request whose approval would create a user of another partition is refused
+-- when filed (WL024), as its approval would be.
 CREATE FUNCTION walletctl_request_credit(
     p_kind text, p_user_id text, p_asset text, p_amount bigint, p_idempotency_key text,
     p_reason text, p_on_behalf_of text DEFAULT NULL
@@ -259,6 +262,16 @@ BEGIN
         RAISE EXCEPTION '%', walletctl_refusal('frozen', p_user_id, p_asset, p_amount,
                                                p_idempotency_key, NULL, NULL)
             USING ERRCODE = 'WL015';
+    END IF;
+    IF NOT EXISTS (SELECT FROM accounts a WHERE a.external_id = p_user_id)
+       AND EXISTS (SELECT FROM walletctl_partition() p
+                   WHERE hashtext(p_user_id) & (p.partitions - 1) <> p.partition)
+    THEN
+        RAISE EXCEPTION '%', walletctl_refusal('wrong_partition', p_user_id, p_asset, p_amount,
+                                               p_idempotency_key, NULL, NULL)
+            USING ERRCODE = 'WL024',
+                  DETAIL = (SELECT hashtext(p_user_id) & (p.partitions - 1)
+                            FROM walletctl_partition() p)::text;
     END IF;
     INSERT INTO credit_requests AS r
         (kind, user_id, asset, amount, idempotency_key, reason, on_behalf_of, requested_by,

@@ -47,11 +47,13 @@ CREATE FUNCTION walletctl_same_request(
        AND p_prior.account_id = p_account_id
 $$;
 
--- The message of each refusal, for single postings (raised) and batches (per row).
+-- The message of each refusal, for single postings (raised) and batches (per row). STABLE,
+-- not IMMUTABLE: a user on another partition is named with this database's place in the
+-- cluster (rules.sql).
 CREATE FUNCTION walletctl_refusal(
     p_outcome text, p_user_id text, p_asset text, p_amount bigint, p_idempotency_key text,
     p_prior_id bigint, p_balance bigint
-) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+) RETURNS text LANGUAGE sql STABLE AS $$
     SELECT CASE p_outcome
         WHEN 'invalid_amount' THEN 'amount must be a positive whole number'
         WHEN 'overflow' THEN 'the balance would exceed the largest amount (2^63-1)'
@@ -69,12 +71,20 @@ CREATE FUNCTION walletctl_refusal(
         WHEN 'approval_required' THEN p_amount || ' ' || p_asset
             || ' is above the approval threshold of ' || p_asset
             || ': it needs a request and a second person''s approval (post it alone)'
+        WHEN 'wrong_partition' THEN (
+            SELECT 'user ' || p_user_id || ' belongs to partition '
+                || (hashtext(p_user_id) & (p.partitions - 1)) || ' of ' || p.partitions
+                || ', not to this database (partition ' || p.partition
+                || '): post through the proxy, or on partition '
+                || (hashtext(p_user_id) & (p.partitions - 1)) || ' directly'
+            FROM walletctl_partition() p)
     END
 $$;
 
 -- Users are created by their first credit, in ascending order of id (as the locks are
 -- taken). A concurrent first credit may create the same user first: then the insert
--- waits for it and does nothing.
+-- waits for it and does nothing. On a partition of a cluster, a user of another partition
+-- is refused (WL024) by the accounts' placement trigger (rules.sql).
 CREATE FUNCTION walletctl_create_users(p_user_ids text[]) RETURNS void LANGUAGE sql AS $$
     INSERT INTO accounts (external_id)
     SELECT DISTINCT u.external_id FROM unnest(p_user_ids) AS u(external_id)

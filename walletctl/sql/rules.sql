@@ -10,6 +10,7 @@
 --   WL005 idempotency key reused    WL011 entries do not balance or do not match
 --   WL006 already reversed          WL012 a transaction is not shaped as its kind requires
 --   WL013 a cached balance differs from its ledger   WL014 duplicated line in a batch
+--   WL024 a user created on a partition of a cluster that is not the user's
 
 -- The checks below run as walletctl_owner (SECURITY DEFINER): a deferred check fires at
 -- commit, outside the function that wrote, as a role that may not read the tables itself.
@@ -175,6 +176,46 @@ BEGIN
 END
 $$;
 
+-- Placement, on a partition of a cluster (README "Beyond one machine"): partition p of N
+-- numbers its transactions p, p + N, p + 2N, ... (its identity column starts at p, or N for
+-- p = 0, and increments by N: walletctl/cluster/admin.py number_partition), so the
+-- database knows which partition it is, and a user belongs to partition
+-- hashtext(user) & (N - 1), where the proxy routes it (PL/Proxy's RUN ON hashtext). One
+-- row, (N, p), read from the catalog; none on a database that is no partition (its ids
+-- increment by 1). A one-row set-returning SQL function with a single SELECT, so that it is
+-- inlined into the query that calls it.
+CREATE FUNCTION walletctl_partition() RETURNS TABLE (partitions bigint, partition bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT s.seqincrement, s.seqstart % s.seqincrement
+    FROM pg_catalog.pg_sequence s
+    WHERE s.seqrelid = pg_catalog.pg_get_serial_sequence('public.transactions', 'id')::regclass
+      AND s.seqincrement > 1
+$$;
+
+-- A user is created only on its own partition, whoever inserts it: a login role connected
+-- directly to a partition could otherwise credit a user the proxy routes elsewhere, and
+-- that user's credits would be split over two partitions, each balance showing part. The
+-- posting functions create users by INSERT ... ON CONFLICT DO NOTHING, which fires this for
+-- existing users too: it costs one catalog row and a hash, and a user on its own partition
+-- always passes (as does the Treasury, which has no external id). Batches refuse such a
+-- row alone before they create users (batch.sql); this is the rule under them.
+CREATE FUNCTION walletctl_check_placement() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    v_partitions bigint;
+    v_partition bigint;
+BEGIN
+    SELECT p.partitions, p.partition INTO v_partitions, v_partition FROM walletctl_partition() p;
+    IF FOUND AND hashtext(NEW.external_id) & (v_partitions - 1) <> v_partition THEN
+        RAISE EXCEPTION '%', walletctl_refusal('wrong_partition', NEW.external_id, NULL, NULL,
+                                               NULL, NULL, NULL)
+            USING ERRCODE = 'WL024',
+                  DETAIL = (hashtext(NEW.external_id) & (v_partitions - 1))::text;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 CREATE TRIGGER transactions_append_only BEFORE UPDATE OR DELETE ON transactions
     FOR EACH STATEMENT EXECUTE FUNCTION walletctl_refuse_change();
 CREATE TRIGGER transactions_no_truncate BEFORE TRUNCATE ON transactions
@@ -208,6 +249,8 @@ CREATE TRIGGER seal_asset_totals_append_only BEFORE UPDATE OR DELETE ON seal_ass
 CREATE TRIGGER seal_asset_totals_no_truncate BEFORE TRUNCATE ON seal_asset_totals
     FOR EACH STATEMENT EXECUTE FUNCTION walletctl_refuse_change();
 
+CREATE TRIGGER accounts_placement BEFORE INSERT ON accounts
+    FOR EACH ROW EXECUTE FUNCTION walletctl_check_placement();
 CREATE TRIGGER ledger_entries_check_new AFTER INSERT ON ledger_entries
     REFERENCING NEW TABLE AS new_entries
     FOR EACH STATEMENT EXECUTE FUNCTION walletctl_check_new_entries();
