@@ -3,11 +3,11 @@
 -- A run holds its lock for its whole length by keeping a transaction open on a connection
 -- of its own (walletctl/core/locks.py): the lock is a row of run_locks, named after the
 -- run, that the functions below insert or lock in that transaction, and it ends with the
--- transaction (rolled back when the run ends, or by the server when the client dies).
--- Not an advisory lock:
--- any role that can connect may take any advisory lock, and could so keep every seal or a
--- bulk file out for as long as it likes. No login role holds any privilege on run_locks,
--- and only walletctl_batch may execute the two functions that lock its rows.
+-- transaction (rolled back when the run ends, or by the server when the client dies). Not
+-- an advisory lock: any role that can connect may take any advisory lock, and could so
+-- keep every seal or a bulk file out for as long as it likes. No login role holds any
+-- privilege on run_locks, and only walletctl_batch may execute the two functions that
+-- take its rows.
 --
 -- walletctl's runs never commit their lock transaction (they roll it back when done), so
 -- the table is normally empty and a run's lock is the row it inserted and has not
