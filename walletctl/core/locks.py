@@ -6,14 +6,15 @@ behind PgBouncer in transaction pooling: the lock stays in whichever server sess
 the statement, its unlock may run in another, and a client that goes away leaves it held
 for whoever is given that session next. So the lock is held by a transaction kept open on
 a connection of its own for as long as the work runs: an open transaction keeps its one
-server session under any pooling, and ends, lock and all, with the client (committed or
-rolled back when it finishes, rolled back by the server when it dies).
+server session under any pooling, and ends, lock and all, with the client (rolled back
+when it finishes, and by the server when it dies).
 
-The lock itself is a row lock on the table run_locks, taken by walletctl_lock_seal or
-walletctl_lock_file (walletctl/sql/locks.sql), not an advisory lock: any role that can
-connect may take any advisory lock, and so could keep every seal, or a file, out for as
-long as it likes. No login role holds a privilege on run_locks, and only walletctl_batch
-may execute those functions.
+The lock itself is a row of the table run_locks that the transaction inserted and never
+commits (or a committed row it locked), taken by walletctl_lock_seal or walletctl_lock_file
+(walletctl/sql/locks.sql; on a cluster's proxy, plproxy.walletctl_run_locks), not an
+advisory lock: any role that can connect may take any advisory lock, and so could keep
+every seal, or a file, out for as long as it likes. No login role holds a privilege on
+run_locks, and only walletctl_batch may execute those functions.
 """
 
 from __future__ import annotations
