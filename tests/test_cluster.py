@@ -4,6 +4,7 @@ proxy, as an operator; the partitions read as superuser to see where rows went."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -223,6 +224,24 @@ def test_bulk_files_split_by_user(
     assert "ghost" in partial.output
 
 
+def test_a_file_through_the_proxy_holds_its_run_lock_on_the_proxy(
+    proxy_cli: Cli, clean_cluster: ClusterUrls, ops_role: str, tmp_path: Any
+) -> None:
+    path = tmp_path / "locked.csv"
+    path.write_text("user,amount\n" + "".join(f"user-{n},1\n" for n in range(10)))
+    digest = hashlib.sha256(path.read_bytes()).digest()
+    command = ("topup", "--file", str(path), "--key-prefix", "locked")
+    with psycopg.connect(with_user(clean_cluster.proxy, ops_role), autocommit=True) as holder:
+        holder.execute("BEGIN")
+        held = holder.execute("SELECT walletctl_lock_file('topup', %s)", (digest,)).fetchone()
+        assert held == (True,)
+        refused = proxy_cli(*command)
+        assert refused.exit_code == 8, refused.output
+        assert "another walletctl is posting this file" in refused.stderr
+        holder.execute("ROLLBACK")
+    assert proxy_cli(*command).exit_code == 0
+
+
 def test_what_a_proxy_cannot_do_is_refused_and_writes_nothing(
     proxy_cli: Cli, clean_cluster: ClusterUrls, tmp_path: Any
 ) -> None:
@@ -352,6 +371,12 @@ def test_the_proxy_gives_a_role_nothing_its_partitions_do_not(
                 "$$ CLUSTER 'walletctl'; RUN ON 0; SELECT 1; $$",
                 "CREATE SERVER mine FOREIGN DATA WRAPPER plproxy",
                 "SELECT * FROM walletctl_post('topup', 'alice', 'GOLD', 1, 'x', NULL)",
+                # A file's run lock: walletctl_batch's alone.
+                "SELECT walletctl_lock_file('topup', sha256('x'::bytea))",
+                "SELECT walletctl_take_run_lock('file:topup:x')",
+                "SELECT * FROM plproxy.walletctl_run_locks FOR UPDATE",
+                "INSERT INTO plproxy.walletctl_run_locks VALUES ('x')",
+                "TRUNCATE plproxy.walletctl_run_locks",
             ):
                 with pytest.raises(psycopg.Error):
                     conn.execute(attack)

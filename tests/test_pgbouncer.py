@@ -143,14 +143,20 @@ def _hold_a_posting_in_flight(url: str) -> psycopg.Connection[Any]:
 
 
 def _seal_lock_holders(clean_db: str) -> int:
-    """How many sessions hold the seal's advisory lock (read from pg_locks, without
-    competing for the lock: a poll that took it could make the sealer under test give up)."""
+    """How many sessions hold the seal's run lock, read without competing for it (a poll
+    that took it could make the sealer under test give up): a session whose open
+    transaction called walletctl_lock_seal and holds the row it inserted into run_locks, or
+    locked there (RowExclusiveLock or RowShareLock on the table, in pg_locks; a run that
+    was refused ends its transaction at once). The inserted row itself cannot be seen: it
+    is not committed."""
     with psycopg.connect(clean_db, autocommit=True) as admin:
         row = admin.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            " AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = %s",
-            (seal.SEAL_LOCK_ID,),
+            "SELECT count(DISTINCT a.pid) FROM pg_stat_activity a"
+            " JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'relation' AND l.granted"
+            " AND l.relation = 'run_locks'::regclass"
+            " AND l.mode IN ('RowExclusiveLock', 'RowShareLock')"
+            " WHERE a.datname = current_database() AND a.state = 'idle in transaction'"
+            " AND a.query LIKE '%walletctl_lock_seal%'"
         ).fetchone()
     assert row is not None
     return int(row[0])

@@ -35,6 +35,7 @@ TABLES = (
     "user_freezes",
     "credit_requests",
     "credit_request_decisions",
+    "run_locks",
     "alembic_version",
 )
 WRITES = {
@@ -53,6 +54,7 @@ FIRST_COLUMN = {
     "seal_asset_totals": "outstanding",
     "issuance_usage": "used",
     "credit_request_decisions": "request_id",
+    "run_locks": "name",
 }
 ATTACKS = [
     ("DROP TRIGGER", "DROP TRIGGER ledger_entries_check_new ON ledger_entries"),
@@ -85,6 +87,7 @@ ATTACKS = [
     ("internal freeze", "SELECT walletctl_set_frozen('alice', false, 'x')"),
     ("internal policy", "SELECT walletctl_policy_refusal('alice', 'GOLD', 5, true)"),
     ("internal isolation check", "SELECT walletctl_require_read_committed()"),
+    ("internal run lock", "SELECT walletctl_take_run_lock('seal')"),
 ]
 # What each kind may call of the SQL API (README: Deploying with least privilege).
 API_CALLS = {
@@ -103,10 +106,12 @@ API_CALLS = {
     "set budget": "SELECT * FROM walletctl_set_budget('walletctl_batch', 'GOLD', length(%s))",
     "freeze": "SELECT * FROM walletctl_freeze_user('alice', %s)",
     "unfreeze": "SELECT * FROM walletctl_unfreeze_user('alice', %s)",
+    "lock seal": "SELECT walletctl_lock_seal() WHERE %s::text IS NOT NULL",
+    "lock file": "SELECT walletctl_lock_file('topup', sha256(convert_to(%s, 'UTF8')))",
 }
 ALLOWED = {
     "operator": {"post", "reverse", "add_asset", "balances", "read tables", "request"},
-    "batch": {"batch", "balances", "read tables"},
+    "batch": {"batch", "balances", "read tables", "lock seal", "lock file"},
     "service": {"post", "reverse", "batch", "balances", "request"},
     "finance": {"balances", "read tables"},
     "approver": {"balances", "read tables", "approve", "reject", "expire"},

@@ -22,7 +22,7 @@ KINDS: tuple[RoleKind, ...] = ("operator", "batch", "service", "finance", "appro
 OWNER = "walletctl_owner"
 GROUP_ROLES = (OWNER, *(f"walletctl_{kind}" for kind in KINDS))
 
-SQL_FILES = ("rules", "posting", "controls", "batch", "seal", "privileges")
+SQL_FILES = ("rules", "posting", "controls", "batch", "seal", "locks", "privileges")
 """The current SQL, in the order it is applied after the tables (roles.sql comes first)."""
 
 Connection = psycopg.Connection[Any]

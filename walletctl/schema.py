@@ -362,3 +362,12 @@ credit_request_decisions = Table(
     CheckConstraint(identifier_check("decided_by"), name="decided_by_format"),
     CheckConstraint(reason_check("reason"), name="reason_format"),
 )
+
+# Run locks (walletctl/sql/locks.sql): a seal or a bulk file run holds its lock as a row
+# of its name inserted, and never committed, by the transaction it keeps open for the run.
+# No login role may read or write it; only the lock functions touch it.
+run_locks = Table(
+    "run_locks",
+    metadata,
+    Column("name", Text, primary_key=True),
+)

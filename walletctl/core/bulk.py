@@ -56,7 +56,6 @@ CLI's exit 9). ``posted`` and ``replayed`` rows are in the ledger."""
 FIELDS = ("user", "amount", "asset", "key", "reason")
 DEFAULT_BATCH_SIZE = 5000
 _BATCH_ATTEMPTS = 3
-_FILE_LOCK_CLASS = 0x77_6C  # the first half of the two-int advisory lock: "wl"
 
 BATCH_SQL = "SELECT * FROM walletctl_post_batch(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
@@ -445,13 +444,13 @@ LIMIT 3
 def file_lock(conn: Connection, kind: PostingKind, digest: bytes) -> AbstractContextManager[None]:
     """Hold the lock of this file and kind for as long as the block runs; ConcurrentRun when
     another run holds it. ``conn`` is a connection of its own, used for nothing else
-    meanwhile: the lock is held by a transaction open on it (walletctl.core.locks), while
-    the batches commit on other connections. The key is the one earlier versions locked at
-    session level, so a run of either version keeps the other out."""
-    key = int.from_bytes(hashlib.sha256(kind.encode() + digest).digest()[:4], "big", signed=True)
+    meanwhile: the lock (walletctl_lock_file, a row lock that only walletctl_batch may take)
+    is held by a transaction open on it (walletctl.core.locks), while the batches commit on
+    other connections."""
     return locks.held(
         conn,
-        (_FILE_LOCK_CLASS, key),
+        "walletctl_lock_file",
+        (kind, digest),
         f"another walletctl is posting this file ({kind}) right now; nothing was posted by "
         "this run (run it again once the other has finished: posted rows replay)",
     )

@@ -38,7 +38,6 @@ from walletctl.core.reconcile import check_ledger
 from walletctl.core.sqlerrors import translated
 from walletctl.errors import ConcurrentRun, ReconcileFailed
 
-SEAL_LOCK_ID = 0x7365616C  # "seal": one seal at a time
 POLL_SECONDS = 0.05
 
 
@@ -69,12 +68,13 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
 
 @contextmanager
 def _sole_sealer(conn: Connection) -> Iterator[None]:
-    """One seal at a time: a transaction-level advisory lock held, for the whole seal, by a
-    transaction open on a connection of its own beside ``conn`` (walletctl.core.locks: a
-    session-level lock does not survive transaction pooling)."""
+    """One seal at a time: the seal's run lock (walletctl_lock_seal) held, for the whole
+    seal, by a transaction open on a connection of its own beside ``conn``
+    (walletctl.core.locks: a session-level lock does not survive transaction pooling, and an
+    advisory lock can be taken by any role)."""
     with (
         locks.beside(conn) as lock_conn,
-        locks.held(lock_conn, (SEAL_LOCK_ID,), "another walletctl seal is running"),
+        locks.held(lock_conn, "walletctl_lock_seal", (), "another walletctl seal is running"),
     ):
         yield
 
@@ -87,7 +87,11 @@ def _sole_sealer(conn: Connection) -> Iterator[None]:
 # xid after another one did but drew the lower id is not in it. Read after the horizon, in
 # a statement of its own: a transaction that takes its xid later draws a higher id. A long
 # transaction in another database on the server cannot write this ledger and is not waited
-# for. pg_stat_activity shows 32-bit xids: widened to xid8 around the current xmax.
+# for. Nor is a run lock's transaction (this seal's own, or a bulk file run's: it holds a
+# row of run_locks, walletctl/sql/locks.sql, for the whole run, with a transaction id) as
+# long as it holds no lock on balances: whatever it may yet post, it locks a balance first
+# and so draws a higher id. pg_stat_activity shows 32-bit xids: widened to xid8 around the
+# current xmax.
 _HORIZON_SQL = """
 SELECT coalesce(max(t.id), 0), pg_snapshot_xmax(pg_current_snapshot())::text
 FROM transactions t
@@ -97,6 +101,14 @@ WITH ours AS (
     SELECT a.backend_xid::text::numeric AS xid FROM pg_stat_activity a
     WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL
       AND a.pid <> pg_backend_pid()
+      AND NOT (
+          EXISTS (SELECT FROM pg_locks l
+                  WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.database = a.datid
+                    AND l.relation = 'run_locks'::regclass AND l.granted)
+          AND NOT EXISTS (SELECT FROM pg_locks l
+                          WHERE l.pid = a.pid AND l.locktype = 'relation'
+                            AND l.database = a.datid AND l.relation = 'balances'::regclass)
+      )
     UNION
     SELECT p.transaction::text::numeric FROM pg_prepared_xacts p
     WHERE p.database = current_database()

@@ -82,6 +82,8 @@ _WHO_MAY = {
     "walletctl_add_asset": "walletctl_operator",
     "walletctl_post_batch": "walletctl_batch or walletctl_service",
     "walletctl_seal": "walletctl_batch",
+    "walletctl_lock_seal": "walletctl_batch",
+    "walletctl_lock_file": "walletctl_batch",
     "walletctl_request_credit": "walletctl_operator or walletctl_service",
     "walletctl_approve_request": "walletctl_approver",
     "walletctl_reject_request": "walletctl_approver",

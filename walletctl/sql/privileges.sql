@@ -114,6 +114,12 @@ GRANT EXECUTE ON FUNCTION
     TO walletctl_batch, walletctl_service;
 GRANT EXECUTE ON FUNCTION walletctl_seal(bigint) TO walletctl_batch;
 
+-- Run locks (locks.sql): the seal's and a bulk file's, for those who run them. No other
+-- role may take them (an advisory lock, which any role may take, would let one keep every
+-- seal or a file out).
+GRANT EXECUTE ON FUNCTION walletctl_lock_seal(), walletctl_lock_file(text, bytea)
+    TO walletctl_batch;
+
 -- Operator controls (controls.sql): operators and services file requests, approvers decide them, admins
 -- change policy.
 GRANT EXECUTE ON FUNCTION

@@ -219,6 +219,54 @@ LANGUAGE plproxy AS $$
     GROUP BY s.code;
 $$;
 
+-- A bulk file run through the proxy holds its file's run lock here (one run per file and
+-- kind at a time across the cluster), as a run does on a ledger (walletctl/sql/locks.sql:
+-- the same functions, on this table): a row inserted, and never committed, by the
+-- transaction the run keeps open. Not an advisory lock, which any role could take. No
+-- role but its owner holds any privilege on the table; only walletctl_batch may take a
+-- file's lock.
+CREATE TABLE IF NOT EXISTS plproxy.walletctl_run_locks (name text PRIMARY KEY);
+
+CREATE OR REPLACE FUNCTION walletctl_take_run_lock(p_name text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_lock_timeout text := current_setting('lock_timeout');
+    v_inserted integer;
+BEGIN
+    PERFORM FROM plproxy.walletctl_run_locks WHERE name = p_name FOR UPDATE SKIP LOCKED;
+    IF FOUND THEN
+        RETURN true;
+    END IF;
+    BEGIN
+        PERFORM set_config('lock_timeout', '1ms', true);
+        INSERT INTO plproxy.walletctl_run_locks (name) VALUES (p_name) ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS v_inserted = ROW_COUNT;
+        PERFORM set_config('lock_timeout', v_lock_timeout, true);
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN false;  -- another run's row, inserted and not committed: its lock
+    END;
+    IF v_inserted = 1 THEN
+        RETURN true;
+    END IF;
+    PERFORM FROM plproxy.walletctl_run_locks WHERE name = p_name FOR UPDATE SKIP LOCKED;
+    RETURN FOUND;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION walletctl_lock_file(p_kind text, p_digest bytea) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_kind IS NULL OR p_kind NOT IN ('topup', 'bonus', 'spend') THEN
+        RAISE EXCEPTION 'unknown kind of file: %', p_kind USING ERRCODE = '22023';
+    END IF;
+    IF p_digest IS NULL OR octet_length(p_digest) <> 32 THEN
+        RAISE EXCEPTION 'a file is locked by the SHA-256 of its bytes (32 bytes)'
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN public.walletctl_take_run_lock('file:' || p_kind || ':' || encode(p_digest, 'hex'));
+END
+$$;
+
 -- Who may call what: as on a partition (privileges.sql), and nothing else.
 REVOKE ALL ON SCHEMA plproxy FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA plproxy FROM PUBLIC;
@@ -252,3 +300,4 @@ GRANT EXECUTE ON FUNCTION
     walletctl_post_batch_split(text, text, bigint[], text[], text[], bigint[], text[], text[],
                                boolean)
     TO walletctl_batch, walletctl_service;
+GRANT EXECUTE ON FUNCTION walletctl_lock_file(text, bytea) TO walletctl_batch;
