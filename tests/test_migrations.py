@@ -12,10 +12,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from walletctl import database, migrate
-from walletctl.errors import SchemaOutOfDate
+from walletctl.errors import Busy, SchemaOutOfDate
 from walletctl.schema import metadata
 
-from .conftest import _with_database
+from .conftest import _with_database, create_login_role, drop_login_role, with_user
 
 
 @pytest.fixture
@@ -101,3 +101,25 @@ def test_check_constraints_match_the_table_description(database_url: str) -> Non
             )
         }
     assert in_database == described
+
+
+def test_a_session_holding_the_migration_lock_is_named_and_not_waited_for_ever(
+    scratch_database: str, server_url: str
+) -> None:
+    """Any role that connects may take an advisory lock, the migration's included: the
+    upgrade waits a bounded time, then refuses (Busy, exit 11) naming who holds it, with
+    nothing changed; once it is let go the upgrade runs."""
+    squatter = f"walletctl_test_squatter_{uuid.uuid4().hex[:8]}"
+    create_login_role(server_url, squatter)  # a member of nothing: it may connect, no more
+    try:
+        with psycopg.connect(with_user(scratch_database, squatter), autocommit=True) as held:
+            held.execute("SELECT pg_advisory_lock(%s)", (migrate.MIGRATION_LOCK_ID,))
+            with pytest.raises(Busy, match=f"role {squatter}") as refused:
+                migrate.upgrade(scratch_database, lock_wait_seconds=0.5)
+            assert "pg_terminate_backend" in str(refused.value)
+            assert _schema_objects(scratch_database)["tables"] == []
+        migrate.upgrade(scratch_database, lock_wait_seconds=0.5)
+        with psycopg.connect(scratch_database) as conn:
+            database.require_current_schema(conn)
+    finally:
+        drop_login_role(server_url, squatter)

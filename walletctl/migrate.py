@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 MIGRATION_LOCK_ID = 0x77616C6C6574  # "wallet": serialises concurrent upgrades
+MIGRATION_LOCK_WAIT_SECONDS = 60.0
+"""How long an upgrade waits for another to finish. The lock is an advisory lock, which
+any role that connects can also take: past this, the upgrade gives up naming the holder,
+rather than waiting for ever on someone who will never let go."""
 
 
 def migrations_dir() -> Path:
@@ -43,25 +47,29 @@ def engine(conninfo: str) -> Engine:
     return create_engine("postgresql+psycopg://", creator=connect, poolclass=NullPool)
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, lock_wait_seconds: float = MIGRATION_LOCK_WAIT_SECONDS) -> Config:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["url"] = url
+    config.attributes["lock_wait_seconds"] = lock_wait_seconds
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(
+    url: str, revision: str = "head", *, lock_wait_seconds: float = MIGRATION_LOCK_WAIT_SECONDS
+) -> None:
     """Migrate to ``revision``. A refusal by the database (a role that may not migrate, say)
-    is raised as walletctl's typed error, NotPermitted for a missing privilege."""
+    is raised as walletctl's typed error, NotPermitted for a missing privilege; Busy when
+    the migration lock stays held for ``lock_wait_seconds``, naming who holds it."""
     from alembic import command
     from sqlalchemy.exc import DBAPIError
 
     from walletctl.core.sqlerrors import raise_translated
 
     try:
-        command.upgrade(alembic_config(url), revision)
+        command.upgrade(alembic_config(url, lock_wait_seconds), revision)
     except DBAPIError as exc:
         import psycopg
 
