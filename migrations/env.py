@@ -51,11 +51,17 @@ def _take_migration_lock(connection: Connection) -> None:
     except OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
             raise
+        # Of another role's session, only a superuser or pg_read_all_stats sees more than
+        # its process and role.
+        since = (
+            f", connected since {holder.backend_start:%Y-%m-%d %H:%M:%S%z}"
+            if holder is not None and holder.backend_start is not None
+            else ""
+        )
         who = (
-            f"process {holder.pid} (role {holder.usename}, connected since "
-            f"{holder.backend_start:%Y-%m-%d %H:%M:%S%z})"
+            f"process {holder.pid} (role {holder.usename}{since})"
             if holder is not None
-            else "another session"
+            else "another session (a prepared transaction, or one that has just ended)"
         )
         raise Busy(
             f"the migration lock was held for {wait:g} s by {who}: another upgrade still "

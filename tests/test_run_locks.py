@@ -182,9 +182,9 @@ def test_a_seal_does_not_wait_for_a_file_runs_lock_but_does_for_its_postings(
     conn: Conn, connect: Any
 ) -> None:
     """A run lock's transaction has a transaction id for as long as the run lasts; the seal
-    waits for transactions with an id that may still commit a lower ledger id, but not for
-    one that holds a run lock and no balance lock (whatever it posts later draws a higher
-    id)."""
+    waits for the transactions that have started writing the ledger's transactions (they
+    may still commit a lower id), not for one that only holds a run lock (whatever it posts
+    later draws a higher id)."""
     posting.topup(conn, "alice", 10, idempotency_key="first", on_behalf_of="ops", asset="GOLD")
     holder = connect()
     holder.execute("BEGIN")
@@ -208,3 +208,31 @@ def test_a_seal_does_not_wait_for_a_file_runs_lock_but_does_for_its_postings(
     holder.execute("COMMIT")
     checkpoint = seal.seal(conn, wait_seconds=5)
     assert checkpoint is not None and checkpoint.transactions == 2
+
+
+@pytest.mark.parametrize("kind", [*ATTACKERS, None])
+def test_a_transaction_id_held_by_any_role_does_not_keep_a_seal_waiting(
+    kind: str | None,
+    attackers: dict[str, str],
+    server_url: str,
+    clean_db: str,
+    conn: Conn,
+) -> None:
+    """Any role, even one that is a member of nothing, may take a transaction id
+    (pg_current_xact_id) and sit on it: the seal waits only for transactions writing the
+    ledger, which no login role can do by itself."""
+    squatter = attackers[kind] if kind else f"walletctl_test_squatter_{uuid.uuid4().hex[:6]}"
+    if kind is None:
+        create_login_role(server_url, squatter)
+    try:
+        posting.topup(conn, "alice", 10, idempotency_key="k", on_behalf_of="ops", asset="GOLD")
+        with psycopg.connect(with_user(clean_db, squatter), autocommit=True) as holder:
+            holder.execute("SET idle_in_transaction_session_timeout = 0")
+            holder.execute("BEGIN")
+            holder.execute("SELECT pg_current_xact_id()")
+            checkpoint = seal.seal(conn, wait_seconds=3)
+            assert checkpoint is not None and checkpoint.transactions == 1
+            holder.execute("ROLLBACK")
+    finally:
+        if kind is None:
+            drop_login_role(server_url, squatter)

@@ -80,18 +80,18 @@ def _sole_sealer(conn: Connection) -> Iterator[None]:
 
 
 # The transactions that may still commit an id below the horizon: every transaction of
-# this database that holds a transaction id (walletctl's writers take one with the balance
-# lock, before they draw a transaction's id) when the horizon has been read, and the
-# prepared transactions of this database. Not the snapshot's list of running transactions:
-# that lists only those whose xid is below the snapshot's xmax, and a posting that took its
-# xid after another one did but drew the lower id is not in it. Read after the horizon, in
-# a statement of its own: a transaction that takes its xid later draws a higher id. A long
-# transaction in another database on the server cannot write this ledger and is not waited
-# for. Nor is a run lock's transaction (this seal's own, or a bulk file run's: it holds a
-# row of run_locks, walletctl/sql/locks.sql, for the whole run, with a transaction id) as
-# long as it holds no lock on balances: whatever it may yet post, it locks a balance first
-# and so draws a higher id. pg_stat_activity shows 32-bit xids: widened to xid8 around the
-# current xmax.
+# this database that has started writing the transactions table (a granted ROW EXCLUSIVE
+# lock on it: a transaction's id is drawn by that INSERT, so any id one draws is drawn
+# while it holds the lock, until it ends) when the horizon has been read, and the prepared
+# transactions of this database. Not every transaction holding an xid: any role may take
+# one (pg_current_xact_id()) and hold it, which kept every seal waiting; only walletctl's
+# writing functions can hold that lock (no login role may write the table). Not the
+# snapshot's list of running transactions either: that lists only those whose xid is
+# below the snapshot's xmax, and a posting that took its xid after another one did but
+# drew the lower id is not in it. Read after the horizon, in a statement of its own: a
+# writer that takes the lock later draws a higher id. Run locks' transactions (this seal's
+# own, a bulk run's) never write the table. pg_stat_activity shows 32-bit xids: widened to
+# xid8 around the current xmax.
 _HORIZON_SQL = """
 SELECT coalesce(max(t.id), 0), pg_snapshot_xmax(pg_current_snapshot())::text
 FROM transactions t
@@ -101,14 +101,10 @@ WITH ours AS (
     SELECT a.backend_xid::text::numeric AS xid FROM pg_stat_activity a
     WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL
       AND a.pid <> pg_backend_pid()
-      AND NOT (
-          EXISTS (SELECT FROM pg_locks l
+      AND EXISTS (SELECT FROM pg_locks l
                   WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.database = a.datid
-                    AND l.relation = 'run_locks'::regclass AND l.granted)
-          AND NOT EXISTS (SELECT FROM pg_locks l
-                          WHERE l.pid = a.pid AND l.locktype = 'relation'
-                            AND l.database = a.datid AND l.relation = 'balances'::regclass)
-      )
+                    AND l.relation = 'transactions'::regclass
+                    AND l.mode = 'RowExclusiveLock' AND l.granted)
     UNION
     SELECT p.transaction::text::numeric FROM pg_prepared_xacts p
     WHERE p.database = current_database()
