@@ -343,3 +343,35 @@ def test_any_single_corruption_fails_the_full_reconcile(
     assert not report.passed
     # Every failing check names what fails (the exact pass runs when a shape is off).
     assert all(check.examples for check in report.failed), report.failed
+
+
+def test_the_sql_api_cannot_seal_below_a_posting_in_flight(
+    conn: Conn, connect: Any, db: Conn
+) -> None:
+    """A walletctl_batch login calling the SQL API itself, not `walletctl seal`: it seals
+    only a ticket the database recorded (the horizon and the postings then in flight), and
+    only once each of those postings has ended before its snapshot. It cannot forge or edit
+    a ticket."""
+    posting.topup(conn, "alice", 100, idempotency_key="fund", **OPS)
+    slow = connect()
+    slow.execute("BEGIN")
+    slow.execute("SELECT walletctl_post('topup', 'late', 'GOLD', 7, 'late', NULL, 'x')")
+    later = posting.topup(conn, "ontime", 3, idempotency_key="ontime", **OPS)
+    ticket = conn.execute("SELECT ticket, horizon, writers FROM walletctl_seal_ticket()").fetchone()
+    assert ticket is not None and ticket[1] == later.transaction_id and len(ticket[2]) == 1
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="had not ended"):
+        conn.execute(f"SELECT * FROM walletctl_seal({int(ticket[0])})")
+    for forgery in (
+        "INSERT INTO seal_tickets (horizon, writers, requested_by) VALUES (99, '{}', 'x')",
+        f"UPDATE seal_tickets SET writers = '{{}}' WHERE id = {int(ticket[0])}",
+        "SELECT * FROM seal_tickets",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(forgery)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="no seal ticket"):
+        conn.execute("SELECT * FROM walletctl_seal(424242)")
+    slow.execute("COMMIT")
+    sealed = conn.execute(f"SELECT horizon FROM walletctl_seal({int(ticket[0])})").fetchone()
+    assert sealed == (later.transaction_id,)
+    assert reconcile(conn).passed
+    assert db.execute("SELECT requested_by FROM seal_tickets").fetchall() == [(conn.info.user,)]

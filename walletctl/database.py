@@ -19,7 +19,7 @@ from walletctl.errors import DatabaseUnavailable, InvalidInput, NotPermitted, Sc
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 """The newest migration this walletctl knows; a test checks it equals alembic's head.
 
 Kept as a constant so that a command does not import alembic (about half a second) just to

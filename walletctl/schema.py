@@ -11,6 +11,7 @@ next to the invariant it protects; migrations/ holds frozen deltas of both.
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -216,6 +217,20 @@ seal_checkpoints = Table(
     Column("transactions_last_page", BigInteger),
     Column("ledger_entries_last_page", BigInteger),
     CheckConstraint("horizon > previous_horizon", name="horizon_advances"),
+)
+
+# A seal's ticket (walletctl_seal_ticket, walletctl/sql/seal.sql): the horizon a seal may go
+# up to and the ledger's writers in flight when it was read (xid8s as text); walletctl_seal
+# seals a ticket only once all of them ended before its snapshot. No login role may read or
+# write it.
+seal_tickets = Table(
+    "seal_tickets",
+    metadata,
+    Column("id", BigInteger, Identity(start=1), primary_key=True),
+    Column("horizon", BigInteger, nullable=False),
+    Column("writers", ARRAY(Text), nullable=False),
+    Column("requested_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 # A block: the sealed transactions whose ids fall in one run of 1,000 ids. digest is the

@@ -4,13 +4,13 @@
 transaction and its entries from the previous horizon to a new one, chained to the previous
 checkpoint (walletctl.core.checkpoints). It seals only what its own reconcile verified:
 
-1. The horizon is the highest committed transaction id, once every database transaction
-   that was running at that moment has ended. Ids are drawn from a sequence before their
-   posting commits, so a posting in flight may hold a lower id than one already committed;
-   walletctl's writers take their database transaction id (they lock their balance row,
-   or create the batch's tables) before they draw a posting id, so every posting that can
-   still commit at or below the horizon was running then. Waits for them, up to
-   ``wait_seconds``.
+1. A ticket (walletctl_seal_ticket) records the horizon, the highest committed
+   transaction id, and the ledger's writers then in flight. Ids are drawn from a sequence
+   before their posting commits, so a posting in flight may hold a lower id than one
+   already committed; every id is drawn under a ROW EXCLUSIVE lock on transactions held to
+   the end, so every posting that can still commit at or below the horizon is a writer
+   then. Waits for them, up to ``wait_seconds``. walletctl_seal checks the same, so a
+   caller of the SQL API cannot seal below a posting still in flight either.
 2. Then one REPEATABLE READ transaction, whose snapshot is taken after they ended, runs the
    default reconcile (and the full history re-hash if the tripwire fires) and, only if
    every check passes, walletctl_seal up to the horizon. Both read the same rows, and no
@@ -57,11 +57,11 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
     """
     with _sole_sealer(conn):
         deadline = time.monotonic() + wait_seconds
-        horizon, running = _horizon(conn)
+        ticket, horizon, running = _ticket(conn)
         while True:
             _wait_for(conn, running, deadline, wait_seconds)
             try:
-                return _reconcile_and_seal(conn, horizon, running)
+                return _reconcile_and_seal(conn, ticket, horizon, running)
             except _NotSettled:
                 time.sleep(POLL_SECONDS)
 
@@ -79,52 +79,17 @@ def _sole_sealer(conn: Connection) -> Iterator[None]:
         yield
 
 
-# The transactions that may still commit an id below the horizon: every transaction of
-# this database that has started writing the transactions table (a granted ROW EXCLUSIVE
-# lock on it: a transaction's id is drawn by that INSERT, so any id one draws is drawn
-# while it holds the lock, until it ends) when the horizon has been read, and the prepared
-# transactions of this database. Not every transaction holding an xid: any role may take
-# one (pg_current_xact_id()) and hold it, which kept every seal waiting; only walletctl's
-# writing functions can hold that lock (no login role may write the table). Not the
-# snapshot's list of running transactions either: that lists only those whose xid is
-# below the snapshot's xmax, and a posting that took its xid after another one did but
-# drew the lower id is not in it. Read after the horizon, in a statement of its own: a
-# writer that takes the lock later draws a higher id. Run locks' transactions (this seal's
-# own, a bulk run's) never write the table. pg_stat_activity shows 32-bit xids: widened to
-# xid8 around the current xmax.
-_HORIZON_SQL = """
-SELECT coalesce(max(t.id), 0), pg_snapshot_xmax(pg_current_snapshot())::text
-FROM transactions t
-"""
-_RUNNING_SQL = """
-WITH ours AS (
-    SELECT a.backend_xid::text::numeric AS xid FROM pg_stat_activity a
-    WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL
-      AND a.pid <> pg_backend_pid()
-      AND EXISTS (SELECT FROM pg_locks l
-                  WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.database = a.datid
-                    AND l.relation = 'transactions'::regclass
-                    AND l.mode = 'RowExclusiveLock' AND l.granted)
-    UNION
-    SELECT p.transaction::text::numeric FROM pg_prepared_xacts p
-    WHERE p.database = current_database()
-)
-SELECT coalesce(array_agg(
-    (%(xmax)s::numeric
-     + mod(ours.xid - mod(%(xmax)s::numeric, 4294967296) + 6442450944, 4294967296)
-     - 2147483648)::text), '{}')
-FROM ours
-"""
-
-
-def _horizon(conn: Connection) -> tuple[int, list[str]]:
-    """The highest committed transaction id, and the transactions that may still commit an
-    id below it (as xid8 texts)."""
-    row = conn.execute(_HORIZON_SQL).fetchone()
+def _ticket(conn: Connection) -> tuple[int, int, list[str]]:
+    """A seal ticket (walletctl_seal_ticket, walletctl/sql/seal.sql): its id, the highest
+    committed transaction id, and the ledger's writers then in flight, which may still
+    commit an id below it (as xid8 texts). The database records both, so walletctl_seal
+    seals that horizon only once those writers have ended."""
+    with translated():
+        row = conn.execute(
+            "SELECT ticket, horizon, writers FROM walletctl_seal_ticket()"
+        ).fetchone()
     assert row is not None
-    running = conn.execute(_RUNNING_SQL, {"xmax": row[1]}).fetchone()
-    assert running is not None
-    return int(row[0]), [str(xid) for xid in running[0]]
+    return int(row[0]), int(row[1]), [str(xid) for xid in row[2]]
 
 
 def _wait_for(conn: Connection, running: list[str], deadline: float, wait_seconds: float) -> None:
@@ -144,7 +109,9 @@ def _wait_for(conn: Connection, running: list[str], deadline: float, wait_second
         time.sleep(POLL_SECONDS)
 
 
-def _reconcile_and_seal(conn: Connection, horizon: int, running: list[str]) -> Checkpoint | None:
+def _reconcile_and_seal(
+    conn: Connection, ticket: int, horizon: int, running: list[str]
+) -> Checkpoint | None:
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # The first statement takes the snapshot: every transaction that was running when
@@ -165,16 +132,18 @@ def _reconcile_and_seal(conn: Connection, horizon: int, running: list[str]) -> C
             )
         if horizon <= report.horizon:
             return None
-        return _write_checkpoint(conn, horizon)
+        return _write_checkpoint(conn, ticket)
 
 
-def _write_checkpoint(conn: Connection, horizon: int) -> Checkpoint:
-    # walletctl_seal (walletctl/sql/seal.sql) computes the blocks, the totals, the hash and
-    # the tripwire's references itself: the caller chooses only how far to seal.
+def _write_checkpoint(conn: Connection, ticket: int) -> Checkpoint:
+    # walletctl_seal (walletctl/sql/seal.sql) seals up to the ticket's horizon, once its
+    # writers have ended in this snapshot (checked again there), and computes the blocks,
+    # the totals, the hash and the tripwire's references itself: the caller chooses only
+    # when to seal.
     try:
         with conn.cursor(row_factory=dict_row) as cursor:
             row = cursor.execute(
-                f"SELECT {CHECKPOINT_COLUMNS} FROM walletctl_seal(%s)", (horizon,)
+                f"SELECT {CHECKPOINT_COLUMNS} FROM walletctl_seal(%s)", (ticket,)
             ).fetchone()
     except psycopg.errors.UniqueViolation as error:
         # Another sealer (through the SQL API) stored a checkpoint after this snapshot.

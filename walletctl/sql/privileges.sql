@@ -112,7 +112,7 @@ GRANT EXECUTE ON FUNCTION walletctl_add_asset(text, text) TO walletctl_operator;
 GRANT EXECUTE ON FUNCTION
     walletctl_post_batch(text, text, bigint[], text[], text[], bigint[], text[], text[], boolean)
     TO walletctl_batch, walletctl_service;
-GRANT EXECUTE ON FUNCTION walletctl_seal(bigint) TO walletctl_batch;
+GRANT EXECUTE ON FUNCTION walletctl_seal_ticket(), walletctl_seal(bigint) TO walletctl_batch;
 
 -- Run locks (locks.sql): the seal's and a bulk file's, for those who run them. No other
 -- role may take them (an advisory lock, which any role may take, would let one keep every

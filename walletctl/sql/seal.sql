@@ -47,9 +47,48 @@ RETURNS TABLE (
     ORDER BY 1
 $$;
 
--- Seal everything up to p_horizon that the last checkpoint did not: compute the blocks and
--- the per-asset totals here, in the database, so that a caller can choose only how far to
--- seal, never what a checkpoint says. The checkpoint's hash is the same as
+-- A seal's ticket: the horizon a seal may go up to (the highest committed transaction id)
+-- and the ledger's writers in flight when it was read, recorded where no login role can
+-- write. A posting still in flight may hold a lower id than one already committed: every id
+-- is drawn by the INSERT into transactions, under a ROW EXCLUSIVE lock on that table kept
+-- to the end of the transaction, so every posting that may still commit at or below the
+-- horizon holds that lock when the writers are read (in a statement after the horizon's:
+-- one that takes the lock later draws a higher id). walletctl_seal seals a ticket only once
+-- each of those writers had ended before its snapshot, so no caller, whatever horizon it
+-- would like, can seal below a posting that then commits. Any role may hold a transaction
+-- id (pg_current_xact_id()); no login role can hold that lock by itself, so only postings
+-- are waited for. pg_stat_activity shows 32-bit xids: widened to xid8 around the current
+-- xmax.
+CREATE FUNCTION walletctl_seal_ticket(OUT ticket bigint, OUT horizon bigint, OUT writers text[])
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    v_xmax numeric;
+BEGIN
+    SELECT coalesce(max(t.id), 0), pg_snapshot_xmax(pg_current_snapshot())::text::numeric
+    INTO horizon, v_xmax FROM transactions t;
+    SELECT coalesce(array_agg(
+               (v_xmax + mod(w.xid - mod(v_xmax, 4294967296) + 6442450944, 4294967296)
+                - 2147483648)::text), '{}')
+    INTO writers
+    FROM (SELECT a.backend_xid::text::numeric AS xid FROM pg_stat_activity a
+          WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL
+            AND a.pid <> pg_backend_pid()
+            AND EXISTS (SELECT FROM pg_locks l
+                        WHERE l.pid = a.pid AND l.locktype = 'relation'
+                          AND l.database = a.datid AND l.relation = 'transactions'::regclass
+                          AND l.mode = 'RowExclusiveLock' AND l.granted)
+          UNION
+          SELECT p.transaction::text::numeric FROM pg_prepared_xacts p
+          WHERE p.database = current_database()) w;
+    INSERT INTO seal_tickets (horizon, writers, requested_by)
+    VALUES (horizon, writers, session_user)
+    RETURNING id INTO ticket;
+END
+$$;
+
+-- Seal everything up to the ticket's horizon that the last checkpoint did not: compute the
+-- blocks and the per-asset totals here, in the database, so that a caller can choose only
+-- when to seal, never how far nor what a checkpoint says. The checkpoint's hash is the same as
 -- walletctl.core.checkpoints.checkpoint_hash computes when it verifies the chain.
 --
 -- Everything is read in one snapshot when the caller's transaction is REPEATABLE READ
@@ -57,9 +96,11 @@ $$;
 -- with the checkpoint, taken before anything is hashed, so that a row of a sealed
 -- transaction written by a database transaction it did not see (an edit after the seal, or
 -- a posting that committed late below the horizon) can be told apart by its xmin.
-CREATE FUNCTION walletctl_seal(p_horizon bigint) RETURNS SETOF seal_checkpoints LANGUAGE plpgsql SECURITY DEFINER
+CREATE FUNCTION walletctl_seal(p_ticket bigint) RETURNS SETOF seal_checkpoints LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = public, pg_temp AS $$
 DECLARE
+    v_ticket seal_tickets%ROWTYPE;
+    v_horizon bigint;
     v_previous seal_checkpoints%ROWTYPE;
     v_previous_horizon bigint;
     v_previous_hash bytea;
@@ -69,20 +110,31 @@ DECLARE
     v_checkpoint seal_checkpoints%ROWTYPE;
     v_snapshot pg_snapshot := pg_current_snapshot();
 BEGIN
+    SELECT * INTO v_ticket FROM seal_tickets k WHERE k.id = p_ticket;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no seal ticket %: take one with walletctl_seal_ticket()', p_ticket
+            USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT FROM unnest(v_ticket.writers) AS w(xid)
+               WHERE NOT pg_visible_in_snapshot(w.xid::xid8, v_snapshot)) THEN
+        RAISE EXCEPTION 'cannot seal ticket % yet: a posting in flight when it was taken had not ended when this transaction''s snapshot was taken (walletctl seal waits for them)',
+            p_ticket USING ERRCODE = '55000';
+    END IF;
+    v_horizon := v_ticket.horizon;
     -- One sealer at a time; the chain's unique previous_id would refuse a second anyway.
     LOCK TABLE seal_checkpoints IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_previous FROM seal_checkpoints c ORDER BY c.id DESC LIMIT 1;
     v_previous_horizon := coalesce(v_previous.horizon, 0);
     v_previous_hash := coalesce(v_previous.hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
-    IF p_horizon IS NULL OR p_horizon <= v_previous_horizon
-       OR p_horizon > (SELECT coalesce(max(t.id), 0) FROM transactions t) THEN
+    IF v_horizon IS NULL OR v_horizon <= v_previous_horizon
+       OR v_horizon > (SELECT coalesce(max(t.id), 0) FROM transactions t) THEN
         RAISE EXCEPTION 'cannot seal up to transaction %: the last checkpoint is at %, the ledger ends at %',
-            p_horizon, v_previous_horizon, (SELECT coalesce(max(t.id), 0) FROM transactions t)
+            v_horizon, v_previous_horizon, (SELECT coalesce(max(t.id), 0) FROM transactions t)
             USING ERRCODE = '22023';
     END IF;
 
     CREATE TEMPORARY TABLE walletctl_new_blocks ON COMMIT DROP AS
-    SELECT * FROM walletctl_seal_blocks(v_previous_horizon, p_horizon);
+    SELECT * FROM walletctl_seal_blocks(v_previous_horizon, v_horizon);
     CREATE TEMPORARY TABLE walletctl_new_totals ON COMMIT DROP AS
     SELECT coalesce(n.asset_id, p.asset_id) AS asset_id,
            coalesce(p.entries_total, 0) + coalesce(n.entries_total, 0) AS entries_total,
@@ -90,7 +142,7 @@ BEGIN
     FROM (SELECT e.asset_id, sum(e.amount) AS entries_total,
                  sum(e.amount) FILTER (WHERE e.account_id <> 0) AS outstanding
           FROM ledger_entries e
-          WHERE e.transaction_id > v_previous_horizon AND e.transaction_id <= p_horizon
+          WHERE e.transaction_id > v_previous_horizon AND e.transaction_id <= v_horizon
           GROUP BY e.asset_id) n
     FULL JOIN (SELECT t.asset_id, t.entries_total, t.outstanding FROM seal_asset_totals t
                WHERE t.checkpoint_id = v_previous.id) p ON p.asset_id = n.asset_id;
@@ -99,7 +151,7 @@ BEGIN
     INTO v_transactions, v_entries FROM walletctl_new_blocks b;
     v_hash := sha256(
         v_previous_hash
-        || convert_to(format(E'%s:%s:%s:%s\n', v_previous_horizon, p_horizon, v_transactions,
+        || convert_to(format(E'%s:%s:%s:%s\n', v_previous_horizon, v_horizon, v_transactions,
                              v_entries), 'UTF8')
         || coalesce((SELECT string_agg(b.digest, ''::bytea ORDER BY b.block)
                      FROM walletctl_new_blocks b), ''::bytea)
@@ -117,7 +169,7 @@ BEGIN
         (previous_id, previous_horizon, horizon, transactions, entries, previous_hash, hash,
          transactions_filenode, ledger_entries_filenode, ledger_changes, ledger_inserts,
          stats_reset, snapshot, transactions_last_page, ledger_entries_last_page)
-    SELECT v_previous.id, v_previous_horizon, p_horizon, v_transactions, v_entries,
+    SELECT v_previous.id, v_previous_horizon, v_horizon, v_transactions, v_entries,
            v_previous_hash, v_hash, pg_relation_filenode('transactions'),
            pg_relation_filenode('ledger_entries'),
            coalesce(sum(s.n_tup_upd + s.n_tup_del), 0)::bigint,
