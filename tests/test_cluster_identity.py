@@ -1,6 +1,7 @@
-"""Who the partitions see behind the proxy: the role that logged in to it. PL/Proxy would
-connect as the role switched to with SET ROLE, and the partitions would record that role as
-the actor: the proxy refuses calls made under another role than the login."""
+"""How the partitions are reached: behind the proxy, as the role that logged in to it
+(PL/Proxy would connect as the role switched to with SET ROLE, and the partitions would
+record that role as the actor: the proxy refuses calls made under another role than the
+login); by walletctl directly, without server-side prepares when a pooler is in between."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from walletctl.cluster.admin import partition_connstr
+from walletctl.cluster.topology import Partition, connect_partition, topology
+
 from .conftest import ClusterUrls, create_login_role, drop_login_role, with_user
+from .servers import PgBouncer
 
 
 @pytest.fixture
@@ -62,3 +67,22 @@ def test_set_role_on_the_proxy_does_not_change_who_posts_on_the_partitions(
                 "SELECT idempotency_key, actor FROM transactions ORDER BY id"
             ).fetchall()
     assert sorted(posted) == [("as-reader", reader), ("by-clerk", clerk)]
+
+
+def test_a_partition_reached_through_pgbouncer_gets_no_server_side_prepares(
+    clean_cluster: ClusterUrls, ops_role: str, pgbouncer: PgBouncer
+) -> None:
+    """PL/Proxy's own advice puts a PgBouncer in front of each partition; walletctl's direct
+    connections to a partition (reconcile, seal, export over a cluster) then must not
+    prepare statements on the server, as its connections to a ledger do not."""
+    with psycopg.connect(with_user(clean_cluster.proxy, ops_role), autocommit=True) as proxy:
+        found = topology(proxy)
+        assert found is not None
+        first = found.partitions[0]
+        routed = Partition(
+            first.number, partition_connstr(pgbouncer.route(clean_cluster.partitions[0]))
+        )
+        with connect_partition(proxy, found, routed) as through:
+            assert through.prepare_threshold is None
+        with connect_partition(proxy, found, first) as direct:
+            assert direct.prepare_threshold == 5

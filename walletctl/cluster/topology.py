@@ -128,7 +128,11 @@ def connect_partition(
     the partition it should be and at the schema this walletctl needs."""
     import psycopg
 
-    from walletctl.database import CONNECT_TIMEOUT_SECONDS, require_current_schema
+    from walletctl.database import (
+        CONNECT_TIMEOUT_SECONDS,
+        behind_pooler,
+        require_current_schema,
+    )
 
     try:
         conn = psycopg.connect(
@@ -144,6 +148,8 @@ def connect_partition(
         reason = lines[0] if lines else type(exc).__name__
         raise DatabaseUnavailable(f"cannot connect to {partition.label}: {reason}") from None
     try:
+        if behind_pooler(conn):  # a PgBouncer in front of the partition, as PL/Proxy advises
+            conn.prepare_threshold = None
         check_identity(conn, partition, found.count)
         if check_schema:
             require_current_schema(conn)
