@@ -10,10 +10,12 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from walletctl.cluster.admin import partition_connstr
 from walletctl.cluster.topology import Partition, connect_partition, topology
 
+from .cli_helpers import Cli
 from .conftest import ClusterUrls, create_login_role, drop_login_role, with_user
 from .servers import PgBouncer
 
@@ -86,3 +88,46 @@ def test_a_partition_reached_through_pgbouncer_gets_no_server_side_prepares(
             assert through.prepare_threshold is None
         with connect_partition(proxy, found, first) as direct:
             assert direct.prepare_threshold == 5
+
+
+def test_whoever_owns_the_proxy_database_cannot_plant_a_function_and_an_overload_is_drift(
+    clean_cluster: ClusterUrls, server_url: str, ops_role: str
+) -> None:
+    """On PostgreSQL 15 the schema public belongs to the database's owner: a login owning
+    the proxy database could add an overload of walletctl_post (an integer amount, which a
+    call with a literal resolves to) that runs as every caller. public belongs to
+    walletctl_owner on the proxy, and a function walletctl does not define there (put by a
+    superuser) stops every command through the proxy, as drift."""
+    owner = f"walletctl_test_dbowner_{uuid.uuid4().hex[:8]}"
+    create_login_role(server_url, owner)
+    proxy_name = conninfo_to_dict(clean_cluster.proxy)["dbname"]
+    planted = (
+        "CREATE FUNCTION public.walletctl_post(text, text, text, integer, text, text,"
+        " text DEFAULT NULL) RETURNS walletctl_receipt LANGUAGE sql AS"
+        " $$ SELECT NULL::walletctl_receipt $$"
+    )
+    try:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{proxy_name}" OWNER TO "{owner}"')
+        with psycopg.connect(with_user(clean_cluster.proxy, owner), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public'"
+            ).fetchone()
+            assert row == ("walletctl_owner",)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(planted)
+        with psycopg.connect(clean_cluster.proxy, autocommit=True) as superuser:
+            superuser.execute(planted)
+            try:
+                refused = Cli(with_user(clean_cluster.proxy, ops_role))("balance", "alice")
+                assert refused.exit_code == 6, refused.output
+                assert "walletctl cluster create" in refused.stderr
+            finally:
+                superuser.execute(
+                    "DROP FUNCTION public.walletctl_post(text, text, text, integer, text, text,"
+                    " text)"
+                )
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{proxy_name}" OWNER TO postgres')
+        drop_login_role(server_url, owner)

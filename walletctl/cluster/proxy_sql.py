@@ -36,15 +36,20 @@ def expected_functions() -> dict[str, str]:
 
 
 def drift(conn: Connection) -> list[str]:
-    """Functions of this walletctl's proxy SQL that are missing from the proxy or differ."""
+    """Functions of this walletctl's proxy SQL that are missing from the proxy or differ,
+    and walletctl-named functions it does not define or defines twice (an overload, which a
+    call could resolve to instead)."""
     expected = expected_functions()
     with translated():
-        found = dict(
-            conn.execute(
-                "SELECT pronamespace::regnamespace::text || '.' || proname, prosrc FROM pg_proc "
-                "WHERE pronamespace IN ('public'::regnamespace, "
-                "                       coalesce(to_regnamespace('plproxy'), 0)) "
-                "AND proname LIKE ANY (ARRAY['walletctl\\_%', 'get\\_cluster\\_%'])"
-            ).fetchall()
-        )
-    return sorted(name for name, body in expected.items() if found.get(name) != body)
+        rows = conn.execute(
+            "SELECT pronamespace::regnamespace::text || '.' || proname, prosrc FROM pg_proc "
+            "WHERE pronamespace IN ('public'::regnamespace, "
+            "                       coalesce(to_regnamespace('plproxy'), 0)) "
+            "AND proname LIKE ANY (ARRAY['walletctl\\_%', 'get\\_cluster\\_%'])"
+        ).fetchall()
+    found: dict[str, list[str]] = {}
+    for name, body in rows:
+        found.setdefault(name, []).append(body)
+    differing = {name for name, body in expected.items() if found.get(name) != [body]}
+    differing.update(name for name in found if name not in expected)
+    return sorted(differing)

@@ -267,7 +267,12 @@ BEGIN
 END
 $$;
 
--- Who may call what: as on a partition (privileges.sql), and nothing else.
+-- Who may call what: as on a partition (privileges.sql), and nothing else. The schema
+-- public belongs to walletctl_owner, as on a ledger: on PostgreSQL 15 it belongs to
+-- pg_database_owner, so a login owning the proxy database could create a function there
+-- (an overload of walletctl_post taking an integer amount, which a call with a literal
+-- would resolve to) and have it run as every caller.
+ALTER SCHEMA public OWNER TO walletctl_owner;
 REVOKE ALL ON SCHEMA plproxy FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA plproxy FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA plproxy FROM PUBLIC;
