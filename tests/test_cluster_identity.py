@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from walletctl.cluster import admin
 from walletctl.cluster.admin import partition_connstr
 from walletctl.cluster.topology import Partition, connect_partition, topology
 
@@ -131,3 +132,40 @@ def test_whoever_owns_the_proxy_database_cannot_plant_a_function_and_an_overload
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{proxy_name}" OWNER TO postgres')
         drop_login_role(server_url, owner)
+
+
+def test_partitions_given_one_by_one_are_taken_as_written_commas_and_all(
+    clean_cluster: ClusterUrls, ops_role: str
+) -> None:
+    """--partitions splits at commas, so a libpq string that holds one (several hosts:
+    host=a,b) cannot go there; --partition takes one as written, repeated in order."""
+    admin_cli = Cli(clean_cluster.proxy)
+    multi_host = []
+    for url in clean_cluster.partitions:
+        params = conninfo_to_dict(url)
+        host, port = params.get("host", "127.0.0.1"), params.get("port", "5432")
+        multi_host.append(
+            f"host={host},{host} port={port},{port} dbname={params['dbname']} user=postgres"
+        )
+    given = [arg for url in multi_host for arg in ("--partition", url)]
+    try:
+        created = admin_cli("cluster", "create", "--proxy", clean_cluster.proxy, *given)
+        assert created.exit_code == 0, created.output
+        with psycopg.connect(clean_cluster.proxy) as conn:
+            stored = [
+                row[0] for row in conn.execute("SELECT plproxy.get_cluster_partitions('walletctl')")
+            ]
+        assert all(f"{host},{host}" in text and "user" not in text for text in stored)
+        ops = Cli(with_user(clean_cluster.proxy, ops_role))
+        assert ops("asset", "add", "GOLD", "Gold Coins").exit_code == 0
+        assert ops("topup", "alice", "5").exit_code == 0
+        assert ops("balance", "alice", "--json").exit_code == 0
+        both = admin_cli(
+            "cluster", "create", "--proxy", clean_cluster.proxy,
+            "--partitions", ",".join(clean_cluster.partitions), *given,
+        )  # fmt: skip
+        neither = admin_cli("cluster", "create", "--proxy", clean_cluster.proxy)
+        for refused in (both, neither):
+            assert refused.exit_code == 2 and "--partition A --partition B" in refused.stderr
+    finally:
+        admin.create(clean_cluster.proxy, clean_cluster.partitions)

@@ -37,17 +37,37 @@ def cluster_create(
         str, typer.Option("--proxy", help="The proxy database's URL.", show_default=False)
     ],
     partitions: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--partitions",
-            help="The partition databases' URLs, comma-separated, in partition order.",
+            help="The partition databases' URLs, comma-separated, in partition order (a "
+            "connection string that holds a comma, such as host=a,b: use --partition).",
             show_default=False,
         ),
-    ],
+    ] = None,
+    partition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--partition",
+            help="One partition database's connection string, taken as written; repeat it, "
+            "in partition order.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     from walletctl.cluster import admin
+    from walletctl.errors import InvalidInput
 
-    urls = [url.strip() for url in partitions.split(",") if url.strip()]
+    if (partitions is None) == (not partition):
+        raise InvalidInput(
+            "give the partitions either as --partitions A,B,... or as --partition A "
+            "--partition B ..."
+        )
+    urls = (
+        [url.strip() for url in partitions.split(",") if url.strip()]
+        if partitions is not None
+        else list(partition or [])
+    )
     created = admin.create(proxy, urls)
     out.listing(
         Listing(
