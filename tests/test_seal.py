@@ -375,3 +375,35 @@ def test_the_sql_api_cannot_seal_below_a_posting_in_flight(
     assert sealed == (later.transaction_id,)
     assert reconcile(conn).passed
     assert db.execute("SELECT requested_by FROM seal_tickets").fetchall() == [(conn.info.user,)]
+
+
+def test_a_ticket_sees_every_posting_in_flight_whatever_its_transaction_read_before(
+    conn: Conn, connect: Any
+) -> None:
+    """pg_stat_activity is copied once per transaction: a ticket built from it, in a
+    transaction that had read it before the posting began, would list no writer. And in a
+    REPEATABLE READ transaction the horizon would come from an older snapshot than the
+    writers: refused."""
+    posting.topup(conn, "alice", 100, idempotency_key="fund", **OPS)
+    sealer = connect()
+    sealer.execute("BEGIN")
+    sealer.execute("SELECT count(*) FROM pg_stat_activity")
+    slow = connect()
+    slow.execute("BEGIN")
+    slow.execute("SELECT walletctl_post('topup', 'late', 'GOLD', 7, 'late', NULL, 'x')")
+    later = posting.topup(conn, "ontime", 3, idempotency_key="ontime", **OPS)
+    ticket = sealer.execute(
+        "SELECT ticket, horizon, writers FROM walletctl_seal_ticket()"
+    ).fetchone()
+    sealer.execute("COMMIT")
+    assert ticket is not None and ticket[1] == later.transaction_id and len(ticket[2]) == 1
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        conn.execute(f"SELECT * FROM walletctl_seal({int(ticket[0])})")
+    slow.execute("COMMIT")
+
+    sealer.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    sealer.execute("SELECT 1")
+    with pytest.raises(psycopg.Error, match="READ COMMITTED") as refused:
+        sealer.execute("SELECT * FROM walletctl_seal_ticket()")
+    assert refused.value.sqlstate == "WL023"
+    sealer.execute("ROLLBACK")

@@ -64,19 +64,31 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_xmax numeric;
 BEGIN
+    -- At READ COMMITTED each statement below reads anew: the horizon, then the writers.
+    -- In an older snapshot the horizon could miss a posting that has since committed and
+    -- so is no writer any more.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'walletctl_seal_ticket runs at READ COMMITTED only (this transaction is %)',
+            upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'WL023';
+    END IF;
     SELECT coalesce(max(t.id), 0), pg_snapshot_xmax(pg_current_snapshot())::text::numeric
     INTO horizon, v_xmax FROM transactions t;
+    -- The writers from pg_locks, which is read live (pg_stat_activity is copied once per
+    -- transaction, so a caller that read it earlier would hide the writers since): each
+    -- backend holding ROW EXCLUSIVE on transactions, by the transaction ids it holds.
     SELECT coalesce(array_agg(
                (v_xmax + mod(w.xid - mod(v_xmax, 4294967296) + 6442450944, 4294967296)
                 - 2147483648)::text), '{}')
     INTO writers
-    FROM (SELECT a.backend_xid::text::numeric AS xid FROM pg_stat_activity a
-          WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL
-            AND a.pid <> pg_backend_pid()
-            AND EXISTS (SELECT FROM pg_locks l
-                        WHERE l.pid = a.pid AND l.locktype = 'relation'
-                          AND l.database = a.datid AND l.relation = 'transactions'::regclass
-                          AND l.mode = 'RowExclusiveLock' AND l.granted)
+    FROM (SELECT DISTINCT x.transactionid::text::numeric AS xid
+          FROM pg_locks r
+          JOIN pg_locks x ON x.pid = r.pid AND x.locktype = 'transactionid'
+                         AND x.mode = 'ExclusiveLock' AND x.granted
+          WHERE r.locktype = 'relation' AND r.relation = 'transactions'::regclass
+            AND r.database = (SELECT d.oid FROM pg_database d
+                              WHERE d.datname = current_database())
+            AND r.mode = 'RowExclusiveLock' AND r.granted AND r.pid <> pg_backend_pid()
           UNION
           SELECT p.transaction::text::numeric FROM pg_prepared_xacts p
           WHERE p.database = current_database()) w;
