@@ -169,3 +169,54 @@ def test_partitions_given_one_by_one_are_taken_as_written_commas_and_all(
             assert refused.exit_code == 2 and "--partition A --partition B" in refused.stderr
     finally:
         admin.create(clean_cluster.proxy, clean_cluster.partitions)
+
+
+def test_functions_planted_on_the_proxys_search_path_never_run_in_its_functions(
+    clean_cluster: ClusterUrls, server_url: str, ops_role: str
+) -> None:
+    """The proxy's functions run RUN ON hashtext(...) and an operator in the caller's
+    session: with their search_path pinned, a hashtext or & planted by the proxy
+    database's owner in a schema the caller's search_path reaches first is never called
+    (a raw SQL caller's session, which walletctl's own check does not guard)."""
+    owner = f"walletctl_test_dbowner_{uuid.uuid4().hex[:8]}"
+    create_login_role(server_url, owner)
+    proxy_name = conninfo_to_dict(clean_cluster.proxy)["dbname"]
+    try:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{proxy_name}" OWNER TO "{owner}"')
+        with psycopg.connect(with_user(clean_cluster.proxy, owner), autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA planted")
+            conn.execute("GRANT USAGE ON SCHEMA planted TO PUBLIC")
+            conn.execute(
+                "CREATE FUNCTION planted.hashtext(text) RETURNS integer LANGUAGE plpgsql AS"
+                " $$ BEGIN RAISE EXCEPTION 'planted hashtext ran'; END $$"
+            )
+            conn.execute(
+                "CREATE FUNCTION planted.bitand(bigint, integer) RETURNS bigint LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'planted operator ran'; END $$"
+            )
+            conn.execute(
+                "CREATE OPERATOR planted.& (LEFTARG = bigint, RIGHTARG = integer,"
+                " FUNCTION = planted.bitand)"
+            )
+        with psycopg.connect(with_user(clean_cluster.proxy, ops_role), autocommit=True) as caller:
+            caller.execute("SET search_path = planted, pg_catalog, public")
+            caller.execute("SELECT walletctl_add_asset('GOLD', 'Gold Coins')")
+            receipt = caller.execute(
+                "SELECT (r).transaction_id FROM walletctl_post('topup', 'alice', 'GOLD', 5,"
+                " 'k1', 'bought', NULL) AS r"
+            ).fetchone()
+            assert receipt is not None
+            reversal = caller.execute(
+                "SELECT (r).reverses FROM walletctl_reverse(%s, 'k2', 'mistake', NULL) AS r",
+                (receipt[0],),
+            ).fetchone()
+            assert reversal == receipt
+        shown = Cli(with_user(clean_cluster.proxy, ops_role))("balance", "alice")
+        assert shown.exit_code == 0  # planted is not on the login's own search_path
+    finally:
+        with psycopg.connect(clean_cluster.proxy, autocommit=True) as superuser:
+            superuser.execute(f'DROP OWNED BY "{owner}" CASCADE')
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{proxy_name}" OWNER TO postgres')
+        drop_login_role(server_url, owner)

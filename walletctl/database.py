@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from walletctl import conninfo, embedded
 from walletctl.config import DatabaseTarget, PreparedStatements
-from walletctl.errors import DatabaseUnavailable, InvalidInput, NotPermitted, SchemaOutOfDate
+from walletctl.errors import (
+    DatabaseUnavailable,
+    InvalidInput,
+    NotPermitted,
+    SchemaOutOfDate,
+    UnsafeSearchPath,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -111,11 +117,39 @@ def schema_state(conn: psycopg.Connection[tuple[object, ...]]) -> SchemaState:
     # A role that is a member of no walletctl role may not even read the revision: that is
     # NotPermitted (exit 10), said before anything else.
     with translated():
-        row = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
-        if row is None or not row[0]:
+        row = conn.execute(
+            "SELECT to_regclass('public.alembic_version') IS NOT NULL, current_schemas(true)"
+        ).fetchone()
+        assert row is not None and isinstance(row[1], list)
+        _require_safe_search_path(conn, [str(name) for name in row[1]])
+        if not row[0]:
             return SchemaState(None)
-        version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        version = conn.execute("SELECT version_num FROM public.alembic_version").fetchone()
     return SchemaState(str(version[0]) if version else None)
+
+
+def _require_safe_search_path(
+    conn: psycopg.Connection[tuple[object, ...]], schemas: list[str]
+) -> None:
+    """walletctl names its tables and functions without a schema: the session must find
+    them in public, behind nothing but pg_catalog. Whoever owns the database may create
+    schemas, and the default search_path begins with "$user": a schema named after a login
+    role (or a search_path set on the database) would put its own walletctl_post, or its
+    own transactions table, in front of walletctl's for that login. Checked at every
+    connection, before any other query of walletctl's."""
+    others = [
+        name
+        for name in schemas
+        if name not in ("pg_catalog", "public") and not name.startswith("pg_temp")
+    ]
+    if others or "public" not in schemas:
+        raise UnsafeSearchPath(
+            f"the session's search_path reaches schema(s) {', '.join(others) or '(no public)'} "
+            f"besides pg_catalog and public ({', '.join(schemas)}): a table or function "
+            "there named like walletctl's would be used instead of walletctl's. Drop the "
+            f"schema, or pin the login's search_path (ALTER ROLE {conn.info.user} IN DATABASE "
+            f"{conn.info.dbname} SET search_path = public); nothing was done"
+        )
 
 
 def require_current_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None:

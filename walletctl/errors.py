@@ -100,6 +100,12 @@ class DatabaseUnavailable(WalletError):
     """The database cannot be reached, or the embedded server cannot be started."""
 
 
+class UnsafeSearchPath(DatabaseUnavailable):
+    """The session's search_path reaches a schema other than pg_catalog and public, where a
+    table or function named like walletctl's would be found first: refused before any
+    query of walletctl's runs."""
+
+
 class ReadOnlyServer(DatabaseUnavailable):
     """The server refused a write because it is read-only: a standby named where the primary
     belongs. Nothing was written."""

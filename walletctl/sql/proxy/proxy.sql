@@ -25,6 +25,11 @@
 -- role with USAGE on a SQL/MED server may create its own user mapping (user 'postgres')
 -- and so connect to the partitions as someone else.
 --
+-- Every function here has its search_path pinned (pg_catalog first): a schema or a
+-- search_path planted by whoever owns the proxy database cannot change what RUN ON
+-- hashtext(...) or an operator in them resolves to. walletctl's own connections refuse a
+-- session whose search_path reaches any other schema (walletctl.database).
+--
 -- PL/Proxy runs each call on a partition as a transaction of its own, committed there
 -- when the call returns: a proxy transaction that rolls back does not undo it. So nothing
 -- here spans partitions in one transaction; walletctl refuses --dry-run and --atomic
@@ -123,14 +128,14 @@ $$;
 -- The low 31 bits of the id: PL/Proxy keeps hash & (partitions - 1) of it, the id modulo
 -- the number of partitions.
 CREATE OR REPLACE FUNCTION walletctl_transaction_hash(p_transaction_id bigint) RETURNS integer
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (p_transaction_id & 2147483647)::integer
 $$;
 
 CREATE OR REPLACE FUNCTION walletctl_post(
     p_kind text, p_user_id text, p_asset text, p_amount bigint,
     p_idempotency_key text, p_reason text, p_on_behalf_of text DEFAULT NULL
-) RETURNS walletctl_receipt LANGUAGE plproxy AS $$
+) RETURNS walletctl_receipt LANGUAGE plproxy SET search_path = pg_catalog, public, pg_temp AS $$
     CLUSTER 'walletctl';
     RUN ON hashtext(p_user_id);
 $$;
@@ -138,13 +143,13 @@ $$;
 CREATE OR REPLACE FUNCTION walletctl_reverse(
     p_transaction_id bigint, p_idempotency_key text, p_reason text,
     p_on_behalf_of text DEFAULT NULL
-) RETURNS walletctl_receipt LANGUAGE plproxy AS $$
+) RETURNS walletctl_receipt LANGUAGE plproxy SET search_path = pg_catalog, public, pg_temp AS $$
     CLUSTER 'walletctl';
     RUN ON walletctl_transaction_hash(p_transaction_id);
 $$;
 
 CREATE OR REPLACE FUNCTION walletctl_balances(p_user_id text)
-RETURNS TABLE (asset text, balance bigint, updated_at timestamptz) LANGUAGE plproxy AS $$
+RETURNS TABLE (asset text, balance bigint, updated_at timestamptz) LANGUAGE plproxy SET search_path = pg_catalog, public, pg_temp AS $$
     CLUSTER 'walletctl';
     RUN ON hashtext(p_user_id);
 $$;
@@ -156,7 +161,7 @@ CREATE OR REPLACE FUNCTION walletctl_post_batch_split(
     p_amounts bigint[], p_keys text[], p_reasons text[], p_atomic boolean
 ) RETURNS TABLE (
     line bigint, outcome text, transaction_id bigint, balance_after bigint, detail text
-) LANGUAGE plproxy AS $$
+) LANGUAGE plproxy SET search_path = pg_catalog, public, pg_temp AS $$
     CLUSTER 'walletctl';
     SPLIT p_lines, p_users, p_assets, p_amounts, p_keys, p_reasons;
     RUN ON hashtext(p_users);
@@ -199,7 +204,7 @@ $$;
 -- A new asset type on every partition (each partition that already has it returns no
 -- row). Asset types are never changed or deleted.
 CREATE OR REPLACE FUNCTION walletctl_add_asset(p_code text, p_name text)
-RETURNS TABLE (code text, name text, created_at timestamptz) LANGUAGE plproxy AS $$
+RETURNS TABLE (code text, name text, created_at timestamptz) LANGUAGE plproxy SET search_path = pg_catalog, public, pg_temp AS $$
     CLUSTER 'walletctl';
     RUN ON ALL;
 $$;
@@ -208,14 +213,14 @@ $$;
 -- balance. The cluster's Treasury is the sum over partitions (walletctl adds them up).
 CREATE OR REPLACE FUNCTION walletctl_outstanding()
 RETURNS TABLE (asset text, outstanding bigint, holders bigint, treasury_balance bigint)
-LANGUAGE plproxy AS $$
+LANGUAGE plproxy SET search_path = pg_catalog, public, pg_temp AS $$
     CLUSTER 'walletctl';
     RUN ON ALL;
     SELECT s.code::text AS asset, coalesce(sum(b.balance), 0)::bigint AS outstanding,
            count(b.account_id) FILTER (WHERE b.balance > 0) AS holders,
            -coalesce(sum(b.balance), 0)::bigint AS treasury_balance
-    FROM asset_types s
-    LEFT JOIN balances b ON b.asset_id = s.id
+    FROM public.asset_types s  -- run on the partitions, by the session PL/Proxy opens
+    LEFT JOIN public.balances b ON b.asset_id = s.id
     GROUP BY s.code;
 $$;
 

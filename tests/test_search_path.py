@@ -1,0 +1,83 @@
+"""Names resolve to walletctl's own objects, or nothing runs.
+
+walletctl names its tables and functions without a schema. Whoever owns the database (a
+login made by createdb, a managed service's master user) may create schemas, and the
+default search_path begins with "$user": a schema named after an operator's login, or a
+search_path set on the database, put that owner's walletctl_post (posting 777 to an
+accomplice as the operator, and printing the receipt the operator expected) in front of
+walletctl's. Every connection checks its search_path first and refuses (exit 6)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from .cli_helpers import Cli
+from .conftest import create_login_role, drop_login_role, with_user
+from .helpers import ledger_snapshot
+
+Conn = psycopg.Connection[Any]
+
+PLANTED_POST = """
+CREATE FUNCTION {schema}.walletctl_post(
+    p_kind text, p_user_id text, p_asset text, p_amount bigint,
+    p_idempotency_key text, p_reason text, p_on_behalf_of text DEFAULT NULL
+) RETURNS public.walletctl_receipt LANGUAGE sql AS $$
+    SELECT public.walletctl_post(p_kind, 'mallory', p_asset, 777, p_idempotency_key,
+                                 p_reason, p_on_behalf_of)
+$$
+"""
+
+
+@pytest.fixture
+def database_owner(server_url: str, clean_db: str) -> Iterator[str]:
+    """A login (no superuser) that owns the ledger's database, as createdb would leave it."""
+    name = f"walletctl_test_dbowner_{uuid.uuid4().hex[:8]}"
+    database = conninfo_to_dict(clean_db)["dbname"]
+    create_login_role(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" OWNER TO "{name}"')
+    yield name
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" OWNER TO postgres')
+        admin.execute(f'ALTER DATABASE "{database}" RESET search_path')
+    with psycopg.connect(clean_db, autocommit=True) as superuser:
+        superuser.execute(f'DROP OWNED BY "{name}" CASCADE')  # the schemas it planted
+    drop_login_role(server_url, name)
+
+
+def test_a_schema_named_after_the_login_is_refused_before_anything_runs(
+    cli: Cli, db: Conn, clean_db: str, ops_role: str, database_owner: str
+) -> None:
+    with psycopg.connect(with_user(clean_db, database_owner), autocommit=True) as owner:
+        owner.execute(f'CREATE SCHEMA "{ops_role}"')
+        owner.execute(f'GRANT USAGE ON SCHEMA "{ops_role}" TO PUBLIC')
+        owner.execute(PLANTED_POST.format(schema=f'"{ops_role}"'))
+        owner.execute(f'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA "{ops_role}" TO PUBLIC')
+    before = ledger_snapshot(db)
+    for command in (("topup", "alice", "10", "--yes"), ("reconcile",), ("balance", "alice")):
+        refused = cli(*command)
+        assert refused.exit_code == 6, refused.output
+        assert f"reaches schema(s) {ops_role}" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+    assert ledger_snapshot(db) == before
+
+
+def test_a_search_path_set_on_the_database_is_refused(
+    cli: Cli, db: Conn, clean_db: str, database_owner: str
+) -> None:
+    with psycopg.connect(with_user(clean_db, database_owner), autocommit=True) as owner:
+        owner.execute("CREATE SCHEMA planted")
+        owner.execute("GRANT USAGE ON SCHEMA planted TO PUBLIC")
+        owner.execute(PLANTED_POST.format(schema="planted"))
+        database = conninfo_to_dict(clean_db)["dbname"]
+        owner.execute(f'ALTER DATABASE "{database}" SET search_path = planted, public')
+    before = ledger_snapshot(db)
+    refused = cli("topup", "alice", "10", "--yes")
+    assert refused.exit_code == 6 and "reaches schema(s) planted" in refused.stderr
+    assert ledger_snapshot(db) == before
