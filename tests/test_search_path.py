@@ -81,3 +81,34 @@ def test_a_search_path_set_on_the_database_is_refused(
     refused = cli("topup", "alice", "10", "--yes")
     assert refused.exit_code == 6 and "reaches schema(s) planted" in refused.stderr
     assert ledger_snapshot(db) == before
+
+
+def test_a_login_granted_by_walletctl_is_pinned_to_public_and_keeps_working(
+    db: Conn, clean_db: str, server_url: str, database_owner: str
+) -> None:
+    """`walletctl db grant` pins the login's search_path in this database (a role setting
+    comes before the database's): a schema named after it is never reached, and its
+    commands, and its own SQL, keep using walletctl's objects."""
+    login = f"walletctl_test_pinned_{uuid.uuid4().hex[:6]}"
+    create_login_role(server_url, login)
+    try:
+        assert Cli(clean_db)("db", "grant", login, "--as", "operator").exit_code == 0
+        with psycopg.connect(with_user(clean_db, database_owner), autocommit=True) as owner:
+            owner.execute(f'CREATE SCHEMA "{login}"')
+            owner.execute(f'GRANT USAGE ON SCHEMA "{login}" TO PUBLIC')
+            owner.execute(PLANTED_POST.format(schema=f'"{login}"'))
+            database = conninfo_to_dict(clean_db)["dbname"]
+            owner.execute(f'ALTER DATABASE "{database}" SET search_path = "$user", public')
+        person = Cli(with_user(clean_db, login))
+        assert person("asset", "add", "GOLD", "Gold Coins").exit_code == 0
+        posted = person("topup", "alice", "10", "--yes")
+        assert posted.exit_code == 0, posted.output
+        with psycopg.connect(with_user(clean_db, login), autocommit=True) as raw:
+            raw.execute("SELECT walletctl_post('topup', 'alice', 'GOLD', 5, 'raw', NULL, NULL)")
+        rows = db.execute(
+            "SELECT a.external_id, t.amount FROM transactions t JOIN accounts a"
+            " ON a.id = t.account_id ORDER BY t.id"
+        ).fetchall()
+        assert rows == [("alice", 10), ("alice", 5)]
+    finally:
+        drop_login_role(server_url, login)

@@ -53,12 +53,24 @@ def ensure_roles(conn: Connection, *, privileges: bool = True) -> None:
 
 
 def grant(conn: Connection, login_role: str, kind: RoleKind) -> None:
-    """Make ``login_role`` a member of walletctl_KIND."""
+    """Make ``login_role`` a member of walletctl_KIND, and pin its search_path in this
+    database to public: the default begins with "$user", where whoever owns the database
+    could create a schema named after the login whose walletctl_post or transactions
+    table would come first (walletctl refuses such a session; a service calling the SQL
+    API from its own code would not know). A setting for the role in this database comes
+    before one the database's owner may set on the database."""
     _check_login_role(conn, login_role)
     with translated():
         conn.execute(
             sql.SQL("GRANT {} TO {}").format(
                 sql.Identifier(f"walletctl_{_kind(kind)}"), sql.Identifier(login_role)
+            )
+        )
+        row = conn.execute("SELECT current_database()").fetchone()
+        assert row is not None
+        conn.execute(
+            sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = public").format(
+                sql.Identifier(login_role), sql.Identifier(str(row[0]))
             )
         )
 
