@@ -5,7 +5,8 @@ one database, side by side in one run.
 
 Every design is built on the server of WALLETCTL_BENCH_DATABASE_URL (all its databases on
 one PostgreSQL, as the CI's tests build a cluster): `direct` is one walletctl database;
-`proxy-N` is a proxy database and N partitions made by `walletctl cluster create`. Each
+`proxy-N` is a proxy database and N partitions made by `walletctl cluster create`; the
+last design is proxy-1 with walletctl_post's search_path not pinned, as before it was. Each
 starts with --users users funded with 1,000,000 GOLD, and the clients (processes, each one
 connection, as a login role that is only a walletctl_operator) send the same text,
 "SELECT * FROM walletctl_post(...)", prepared: 60% top-ups, 40% spends, random users.
@@ -98,6 +99,19 @@ def proxied(partitions: int, users: int) -> Iterator[str]:
         yield proxy
 
 
+@contextmanager
+def proxied_unpinned(users: int) -> Iterator[str]:
+    """proxy-1 as it was before its functions pinned their search_path: the cost of the
+    pin (a function-level setting is saved and restored at every call)."""
+    with proxied(1, users) as proxy:
+        with psycopg.connect(proxy, autocommit=True) as conn:
+            conn.execute(
+                "ALTER FUNCTION walletctl_post(text, text, text, bigint, text, text, text) "
+                "RESET search_path"
+            )
+        yield proxy
+
+
 def _vacuum(urls: list[str]) -> None:
     for url in urls:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -139,6 +153,9 @@ def main() -> None:
         designs = {"direct": as_operator(stack.enter_context(direct(args.users)))}
         for count in PARTITION_COUNTS:
             designs[f"proxy-{count}"] = as_operator(stack.enter_context(proxied(count, args.users)))
+        designs["proxy-1, search_path not pinned (before)"] = as_operator(
+            stack.enter_context(proxied_unpinned(args.users))
+        )
         timings: dict[tuple[str, int], list[Timing]] = {}
         for clients in args.clients:
             for _round in range(args.rounds):

@@ -51,25 +51,37 @@ def database_owner(server_url: str, clean_db: str) -> Iterator[str]:
     drop_login_role(server_url, name)
 
 
+@pytest.fixture
+def unpinned(cli: Cli, server_url: str, clean_db: str) -> Iterator[str]:
+    """A login made a member by plain GRANT, not by `walletctl db grant` (which pins its
+    search_path): its session has the server's default, "$user", public. The ledger has
+    the asset GOLD (the cli fixture)."""
+    name = f"walletctl_test_unpinned_{uuid.uuid4().hex[:6]}"
+    create_login_role(server_url, name, "operator", "finance")
+    yield name
+    drop_login_role(server_url, name)
+
+
 def test_a_schema_named_after_the_login_is_refused_before_anything_runs(
-    cli: Cli, db: Conn, clean_db: str, ops_role: str, database_owner: str
+    db: Conn, clean_db: str, unpinned: str, database_owner: str
 ) -> None:
     with psycopg.connect(with_user(clean_db, database_owner), autocommit=True) as owner:
-        owner.execute(f'CREATE SCHEMA "{ops_role}"')
-        owner.execute(f'GRANT USAGE ON SCHEMA "{ops_role}" TO PUBLIC')
-        owner.execute(PLANTED_POST.format(schema=f'"{ops_role}"'))
-        owner.execute(f'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA "{ops_role}" TO PUBLIC')
+        owner.execute(f'CREATE SCHEMA "{unpinned}"')
+        owner.execute(f'GRANT USAGE ON SCHEMA "{unpinned}" TO PUBLIC')
+        owner.execute(PLANTED_POST.format(schema=f'"{unpinned}"'))
+        owner.execute(f'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA "{unpinned}" TO PUBLIC')
     before = ledger_snapshot(db)
+    cli = Cli(with_user(clean_db, unpinned))
     for command in (("topup", "alice", "10", "--yes"), ("reconcile",), ("balance", "alice")):
         refused = cli(*command)
         assert refused.exit_code == 6, refused.output
-        assert f"reaches schema(s) {ops_role}" in refused.stderr
+        assert f"reaches schema(s) {unpinned}" in refused.stderr
         assert refused.stderr.count("\n") == 1
     assert ledger_snapshot(db) == before
 
 
 def test_a_search_path_set_on_the_database_is_refused(
-    cli: Cli, db: Conn, clean_db: str, database_owner: str
+    db: Conn, clean_db: str, unpinned: str, database_owner: str
 ) -> None:
     with psycopg.connect(with_user(clean_db, database_owner), autocommit=True) as owner:
         owner.execute("CREATE SCHEMA planted")
@@ -78,7 +90,7 @@ def test_a_search_path_set_on_the_database_is_refused(
         database = conninfo_to_dict(clean_db)["dbname"]
         owner.execute(f'ALTER DATABASE "{database}" SET search_path = planted, public')
     before = ledger_snapshot(db)
-    refused = cli("topup", "alice", "10", "--yes")
+    refused = Cli(with_user(clean_db, unpinned))("topup", "alice", "10", "--yes")
     assert refused.exit_code == 6 and "reaches schema(s) planted" in refused.stderr
     assert ledger_snapshot(db) == before
 
