@@ -60,7 +60,7 @@ def grant(conn: Connection, login_role: str, kind: RoleKind) -> None:
     API from its own code would not know). A setting for the role in this database comes
     before one the database's owner may set on the database."""
     _check_login_role(conn, login_role)
-    with translated():
+    with translated(), conn.transaction():  # both or neither
         conn.execute(
             sql.SQL("GRANT {} TO {}").format(
                 sql.Identifier(f"walletctl_{_kind(kind)}"), sql.Identifier(login_role)
