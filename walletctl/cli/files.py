@@ -25,38 +25,36 @@ def check_writable(path: Path, option: str) -> None:
     writes it: its folder exists and takes a new file (tried for real: permissions alone
     do not tell, for root or on a read-only mount), and the path is not a folder; a device
     or named pipe is writable by its permissions (opening a pipe would wait for a reader)."""
-    target = _target(path)
-    directory = _folder(target, option)
-    if target.is_dir():
-        raise InvalidInput(f"{option}: {path} is a directory")
-    if _is_special(target):
+    target, directory = _destination(path, option)
+    if directory is None:
         if not os.access(target, os.W_OK):
             raise InvalidInput(f"{option}: cannot write {path}: Permission denied")
         return
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
-    except OSError as exc:
-        raise InvalidInput(f"{option}: cannot write in {directory}: {exc.strerror}") from None
+    handle, temporary = _temporary_beside(target, directory, option)
     os.close(handle)
     os.unlink(temporary)
 
 
-def _target(path: Path) -> Path:
-    """Where writing ``path`` lands: a symbolic link's target (a dangling link's too)."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
-
-
-def _is_special(path: Path) -> bool:
-    """A device, named pipe or socket: something that exists and is neither a regular file
-    nor a folder."""
-    return path.exists() and not path.is_file() and not path.is_dir()
-
-
-def _folder(path: Path, option: str) -> Path:
-    directory = path.parent if str(path.parent) else Path(".")
+def _destination(path: Path, option: str) -> tuple[Path, Path | None]:
+    """Where writing ``path`` lands (a symbolic link's target, a dangling link's too), and
+    the folder a temporary file goes in; no folder for a device or named pipe, which is
+    written into as it is. Refused: a folder, or a folder that does not exist."""
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target.exists() and not target.is_file() and not target.is_dir():
+        return target, None  # a device, named pipe or socket
+    directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise InvalidInput(f"{option}: directory {directory} does not exist")
-    return directory
+    if target.is_dir():
+        raise InvalidInput(f"{option}: {path} is a directory")
+    return target, directory
+
+
+def _temporary_beside(target: Path, directory: Path, option: str) -> tuple[int, str]:
+    try:
+        return tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+    except OSError as exc:
+        raise InvalidInput(f"{option}: cannot write in {directory}: {exc.strerror}") from None
 
 
 @contextmanager
@@ -64,18 +62,12 @@ def atomic_text_file(path: Path, option: str) -> Iterator[TextIO]:
     """Write to a temporary file beside ``path``, renamed over it once complete: a reader
     (a spreadsheet, node_exporter) never sees half a file, and a failure leaves none. A
     device or named pipe is written into directly (see the module's docstring)."""
-    target = _target(path)
-    if _is_special(target):
+    target, directory = _destination(path, option)
+    if directory is None:
         with _written_in_place(target, path, option) as out:
             yield out
         return
-    directory = _folder(target, option)
-    if target.is_dir():
-        raise InvalidInput(f"{option}: {path} is a directory")
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
-    except OSError as exc:
-        raise InvalidInput(f"{option}: cannot write in {directory}: {exc.strerror}") from None
+    handle, temporary = _temporary_beside(target, directory, option)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
             yield out
