@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,27 @@ def create_login_role(server_url: str, name: str, *kinds: str) -> None:
 def drop_login_role(server_url: str, name: str) -> None:
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+@contextmanager
+def owned_by_a_login(server_url: str, database_url: str) -> Iterator[str]:
+    """A new login (no superuser) made the owner of ``database_url``'s database, as
+    createdb would leave it. Afterwards postgres owns it again, without a search_path the
+    login may have set on it, and whatever the login created there is dropped."""
+    name = f"walletctl_test_dbowner_{uuid.uuid4().hex[:8]}"
+    database = urlsplit(database_url).path.lstrip("/")
+    create_login_role(server_url, name)
+    try:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" OWNER TO "{name}"')
+        yield name
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" OWNER TO postgres')
+            admin.execute(f'ALTER DATABASE "{database}" RESET search_path')
+        with psycopg.connect(database_url, autocommit=True) as superuser:
+            superuser.execute(f'DROP OWNED BY "{name}" CASCADE')
+        drop_login_role(server_url, name)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from walletctl.cluster.admin import partition_connstr
 from walletctl.cluster.topology import Partition, connect_partition, topology
 
 from .cli_helpers import Cli
-from .conftest import ClusterUrls, create_login_role, drop_login_role, with_user
+from .conftest import ClusterUrls, create_login_role, drop_login_role, owned_by_a_login, with_user
 from .servers import PgBouncer
 
 
@@ -99,17 +99,12 @@ def test_whoever_owns_the_proxy_database_cannot_plant_a_function_and_an_overload
     call with a literal resolves to) that runs as every caller. public belongs to
     walletctl_owner on the proxy, and a function walletctl does not define there (put by a
     superuser) stops every command through the proxy, as drift."""
-    owner = f"walletctl_test_dbowner_{uuid.uuid4().hex[:8]}"
-    create_login_role(server_url, owner)
-    proxy_name = conninfo_to_dict(clean_cluster.proxy)["dbname"]
     planted = (
         "CREATE FUNCTION public.walletctl_post(text, text, text, integer, text, text,"
         " text DEFAULT NULL) RETURNS walletctl_receipt LANGUAGE sql AS"
         " $$ SELECT NULL::walletctl_receipt $$"
     )
-    try:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{proxy_name}" OWNER TO "{owner}"')
+    with owned_by_a_login(server_url, clean_cluster.proxy) as owner:
         with psycopg.connect(with_user(clean_cluster.proxy, owner), autocommit=True) as conn:
             row = conn.execute(
                 "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public'"
@@ -128,10 +123,6 @@ def test_whoever_owns_the_proxy_database_cannot_plant_a_function_and_an_overload
                     "DROP FUNCTION public.walletctl_post(text, text, text, integer, text, text,"
                     " text)"
                 )
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{proxy_name}" OWNER TO postgres')
-        drop_login_role(server_url, owner)
 
 
 def test_partitions_given_one_by_one_are_taken_as_written_commas_and_all(
@@ -178,12 +169,7 @@ def test_functions_planted_on_the_proxys_search_path_never_run_in_its_functions(
     session: with their search_path pinned, a hashtext or & planted by the proxy
     database's owner in a schema the caller's search_path reaches first is never called
     (a raw SQL caller's session, which walletctl's own check does not guard)."""
-    owner = f"walletctl_test_dbowner_{uuid.uuid4().hex[:8]}"
-    create_login_role(server_url, owner)
-    proxy_name = conninfo_to_dict(clean_cluster.proxy)["dbname"]
-    try:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{proxy_name}" OWNER TO "{owner}"')
+    with owned_by_a_login(server_url, clean_cluster.proxy) as owner:
         with psycopg.connect(with_user(clean_cluster.proxy, owner), autocommit=True) as conn:
             conn.execute("CREATE SCHEMA planted")
             conn.execute("GRANT USAGE ON SCHEMA planted TO PUBLIC")
@@ -214,9 +200,3 @@ def test_functions_planted_on_the_proxys_search_path_never_run_in_its_functions(
             assert reversal == receipt
         shown = Cli(with_user(clean_cluster.proxy, ops_role))("balance", "alice")
         assert shown.exit_code == 0  # planted is not on the login's own search_path
-    finally:
-        with psycopg.connect(clean_cluster.proxy, autocommit=True) as superuser:
-            superuser.execute(f'DROP OWNED BY "{owner}" CASCADE')
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{proxy_name}" OWNER TO postgres')
-        drop_login_role(server_url, owner)

@@ -18,7 +18,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from .cli_helpers import Cli
-from .conftest import create_login_role, drop_login_role, with_user
+from .conftest import create_login_role, drop_login_role, owned_by_a_login, with_user
 from .helpers import ledger_snapshot
 
 Conn = psycopg.Connection[Any]
@@ -37,18 +37,8 @@ $$
 @pytest.fixture
 def database_owner(server_url: str, clean_db: str) -> Iterator[str]:
     """A login (no superuser) that owns the ledger's database, as createdb would leave it."""
-    name = f"walletctl_test_dbowner_{uuid.uuid4().hex[:8]}"
-    database = conninfo_to_dict(clean_db)["dbname"]
-    create_login_role(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{database}" OWNER TO "{name}"')
-    yield name
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{database}" OWNER TO postgres')
-        admin.execute(f'ALTER DATABASE "{database}" RESET search_path')
-    with psycopg.connect(clean_db, autocommit=True) as superuser:
-        superuser.execute(f'DROP OWNED BY "{name}" CASCADE')  # the schemas it planted
-    drop_login_role(server_url, name)
+    with owned_by_a_login(server_url, clean_db) as name:
+        yield name
 
 
 @pytest.fixture
