@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import psycopg
 from psycopg.rows import dict_row
@@ -57,11 +58,11 @@ def seal(conn: Connection, *, wait_seconds: float = 60.0) -> Checkpoint | None:
     """
     with _sole_sealer(conn):
         deadline = time.monotonic() + wait_seconds
-        ticket, horizon, running = _ticket(conn)
+        ticket = _ticket(conn)
         while True:
-            _wait_for(conn, running, deadline, wait_seconds)
+            _wait_for(conn, ticket.writers, deadline, wait_seconds)
             try:
-                return _reconcile_and_seal(conn, ticket, horizon, running)
+                return _reconcile_and_seal(conn, ticket)
             except _NotSettled:
                 time.sleep(POLL_SECONDS)
 
@@ -79,17 +80,26 @@ def _sole_sealer(conn: Connection) -> Iterator[None]:
         yield
 
 
-def _ticket(conn: Connection) -> tuple[int, int, list[str]]:
-    """A seal ticket (walletctl_seal_ticket, walletctl/sql/seal.sql): its id, the highest
-    committed transaction id, and the ledger's writers then in flight, which may still
-    commit an id below it (as xid8 texts). The database records both, so walletctl_seal
-    seals that horizon only once those writers have ended."""
+@dataclass(frozen=True, slots=True)
+class _Ticket:
+    """A seal ticket (walletctl_seal_ticket, walletctl/sql/seal.sql), as the database
+    recorded it: walletctl_seal seals its horizon only once its writers have ended."""
+
+    id: int
+    horizon: int
+    """The highest committed transaction id when it was taken."""
+    writers: list[str]
+    """The ledger's writers then in flight, which may still commit an id below the
+    horizon (xid8s as text)."""
+
+
+def _ticket(conn: Connection) -> _Ticket:
     with translated():
         row = conn.execute(
             "SELECT ticket, horizon, writers FROM walletctl_seal_ticket()"
         ).fetchone()
     assert row is not None
-    return int(row[0]), int(row[1]), [str(xid) for xid in row[2]]
+    return _Ticket(int(row[0]), int(row[1]), [str(xid) for xid in row[2]])
 
 
 def _wait_for(conn: Connection, running: list[str], deadline: float, wait_seconds: float) -> None:
@@ -109,9 +119,7 @@ def _wait_for(conn: Connection, running: list[str], deadline: float, wait_second
         time.sleep(POLL_SECONDS)
 
 
-def _reconcile_and_seal(
-    conn: Connection, ticket: int, horizon: int, running: list[str]
-) -> Checkpoint | None:
+def _reconcile_and_seal(conn: Connection, ticket: _Ticket) -> Checkpoint | None:
     with translated(), conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # The first statement takes the snapshot: every transaction that was running when
@@ -119,7 +127,7 @@ def _reconcile_and_seal(
         settled = conn.execute(
             "SELECT coalesce(bool_and(pg_visible_in_snapshot(x.xid, pg_current_snapshot())), "
             "true) FROM unnest(%s::xid8[]) AS x(xid)",
-            (running,),
+            (ticket.writers,),
         ).fetchone()
         if not settled or not settled[0]:
             raise _NotSettled
@@ -130,9 +138,9 @@ def _reconcile_and_seal(
                 + ", ".join(check.name for check in report.failed),
                 report=report,
             )
-        if horizon <= report.horizon:
+        if ticket.horizon <= report.horizon:
             return None
-        return _write_checkpoint(conn, ticket)
+        return _write_checkpoint(conn, ticket.id)
 
 
 def _write_checkpoint(conn: Connection, ticket: int) -> Checkpoint:
